@@ -1,0 +1,1 @@
+"""API keys and the one Principal dependency every route uses."""

@@ -1,0 +1,86 @@
+"""Users and API keys. Keys are shown once and stored as SHA-256 digests (they carry 256 bits of entropy)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import Account, ApiKey, User
+from app.errors import Conflict
+from app.ledger import service as ledger
+
+KEY_PREFIX = "cg_"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the user, their account and their role."""
+
+    user_id: int
+    email: str
+    account_id: int
+    is_admin: bool
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+async def create_user(
+    session: AsyncSession, *, email: str, is_admin: bool = False, credits: Decimal = Decimal(0)
+) -> tuple[User, Account]:
+    """A user with an account; an opening ``bonus`` ledger entry when ``credits`` > 0."""
+    if await session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise Conflict(f"a user with email {email!r} already exists")
+    user = User(email=email, is_admin=is_admin)
+    session.add(user)
+    await session.flush()
+    account = await ledger.open_account(session, user_id=user.id)
+    if credits > 0:
+        await ledger.post_entry(
+            session, account_id=account.id, amount=credits, type="bonus", description="opening credits"
+        )
+    return user, account
+
+
+async def issue_key(session: AsyncSession, *, user_id: int) -> str:
+    """Create an API key for a user and return it; only its hash is stored."""
+    key = new_key()
+    session.add(ApiKey(user_id=user_id, prefix=key[:10], key_hash=hash_key(key)))
+    await session.flush()
+    return key
+
+
+async def find_user(session: AsyncSession, *, email: str) -> User | None:
+    user: User | None = await session.scalar(select(User).where(User.email == email))
+    return user
+
+
+async def authenticate(session: AsyncSession, key: str) -> Principal | None:
+    """The principal behind an API key, or ``None`` for an unknown or revoked key."""
+    row = (
+        await session.execute(
+            select(User.id, User.email, User.is_admin, Account.id.label("account_id"))
+            .join(ApiKey, ApiKey.user_id == User.id)
+            .join(Account, Account.user_id == User.id)
+            .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return Principal(user_id=row.id, email=row.email, account_id=row.account_id, is_admin=row.is_admin)
+
+
+async def account_id_of(session: AsyncSession, *, user_id: int) -> int:
+    account_id = await session.scalar(select(Account.id).where(Account.user_id == user_id))
+    assert account_id is not None, "every user has an account"
+    return account_id

@@ -1,0 +1,1 @@
+"""Models, prices and providers, loaded from a JSON data file."""

@@ -1,0 +1,1 @@
+"""Database: engines, sessions, models and Alembic migrations."""

@@ -1,0 +1,1 @@
+"""The credit ledger: balances, holds, settles, releases. Knows nothing of HTTP."""

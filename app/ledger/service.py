@@ -1,0 +1,271 @@
+"""Every balance change goes through here, as a conditional update plus a ledger row in one transaction.
+
+Callers own the transaction (``async with session.begin(): ...``); these functions never commit.
+The invariant the auditor checks after every test: for each account,
+``balance == sum(ledger_entries.amount)`` and ``balance >= 0``.
+
+Entry types (signed hundredths of a credit):
+``purchase`` +, ``bonus`` +, ``adjustment`` ±, ``refund`` −, ``hold`` −, ``release`` +, ``api_usage`` −.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import ColumnElement, case, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.models import Account, Hold, LedgerEntry, utcnow
+from app.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
+from app.money import from_hundredths, to_hundredths
+
+CREDIT_TYPES = frozenset({"purchase", "bonus", "adjustment"})
+DEBIT_TYPES = frozenset({"adjustment", "refund"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Closed:
+    account_id: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    charged: Decimal
+    released: Decimal
+    late: bool  # the hold had already been released by the sweeper; charged what the balance allowed
+
+
+async def open_account(session: AsyncSession, *, user_id: int | None) -> Account:
+    account = Account(user_id=user_id, balance=0)
+    session.add(account)
+    await session.flush()
+    return account
+
+
+async def balance_of(session: AsyncSession, account_id: int) -> Decimal:
+    units = await session.scalar(select(Account.balance).where(Account.id == account_id))
+    if units is None:
+        raise NotFound(f"account {account_id} does not exist")
+    return from_hundredths(units)
+
+
+async def _write(
+    session: AsyncSession,
+    *,
+    account_id: int,
+    delta: int,
+    type: str,
+    hold_id: int | None = None,
+    idempotency_key: str | None = None,
+    description: str | None = None,
+    require_funds: bool = True,
+) -> LedgerEntry | None:
+    """Apply ``delta`` to the balance (refusing to go below zero) and append its ledger row."""
+    condition: ColumnElement[bool] = Account.id == account_id
+    if delta < 0 and require_funds:
+        condition = condition & (Account.balance >= -delta)
+    new_balance = await session.scalar(
+        update(Account).where(condition).values(balance=Account.balance + delta).returning(Account.balance)
+    )
+    if new_balance is None:
+        return None
+    entry = LedgerEntry(
+        account_id=account_id,
+        type=type,
+        amount=delta,
+        balance_after=new_balance,
+        hold_id=hold_id,
+        idempotency_key=idempotency_key,
+        description=description,
+    )
+    session.add(entry)
+    await session.flush()
+    return entry
+
+
+async def _replayed(
+    session: AsyncSession, *, idempotency_key: str, account_id: int, delta: int, type: str
+) -> LedgerEntry | None:
+    """The earlier entry for this key if its fields match; ``Conflict`` if they differ."""
+    existing = await session.scalar(select(LedgerEntry).where(LedgerEntry.idempotency_key == idempotency_key))
+    if existing is None:
+        return None
+    if (existing.account_id, existing.amount, existing.type) != (account_id, delta, type):
+        raise Conflict(
+            f"idempotency key {idempotency_key!r} was already used with different fields",
+            idempotency_key=idempotency_key,
+        )
+    return existing
+
+
+async def post_entry(
+    session: AsyncSession,
+    *,
+    account_id: int,
+    amount: Decimal,
+    type: str,
+    idempotency_key: str | None = None,
+    description: str | None = None,
+) -> tuple[LedgerEntry, bool]:
+    """Credit (amount > 0) or debit (amount < 0) an account outside the hold cycle.
+
+    Returns ``(entry, created)``; a repeat of the same idempotency key with identical fields
+    returns the first entry and ``created=False``.
+    """
+    delta = to_hundredths(amount)
+    if delta == 0:
+        raise InvalidRequest("amount must not be zero")
+    allowed = CREDIT_TYPES if delta > 0 else DEBIT_TYPES
+    if type not in allowed:
+        raise InvalidRequest(f"a {'positive' if delta > 0 else 'negative'} {type!r} entry is not allowed")
+    if idempotency_key is not None:
+        earlier = await _replayed(
+            session, idempotency_key=idempotency_key, account_id=account_id, delta=delta, type=type
+        )
+        if earlier is not None:
+            return earlier, False
+    entry = await _write(
+        session,
+        account_id=account_id,
+        delta=delta,
+        type=type,
+        idempotency_key=idempotency_key,
+        description=description,
+    )
+    if entry is None:
+        balance = await balance_of(session, account_id)
+        raise InsufficientCredits(
+            f"balance {balance} is less than {-amount}", balance=str(balance), required=str(-amount)
+        )
+    return entry, True
+
+
+async def place_hold(
+    session: AsyncSession, *, account_id: int, amount: Decimal, request_id: str, ttl: timedelta
+) -> Hold:
+    """Reserve ``amount`` for a request, atomically; ``InsufficientCredits`` if the balance is short."""
+    units = to_hundredths(amount)
+    if units < 0:
+        raise InvalidRequest("a hold cannot be negative")
+    now = utcnow()
+    hold = Hold(
+        account_id=account_id,
+        request_id=request_id,
+        amount=units,
+        status="open",
+        charged=0,
+        created_at=now,
+        expires_at=now + ttl,
+    )
+    session.add(hold)
+    await session.flush()
+    entry = await _write(session, account_id=account_id, delta=-units, type="hold", hold_id=hold.id)
+    if entry is None:
+        balance = await balance_of(session, account_id)
+        raise InsufficientCredits(
+            f"insufficient credits: balance {balance}, this request may cost up to {amount}",
+            balance=str(balance),
+            required=str(amount),
+        )
+    return hold
+
+
+async def _close(session: AsyncSession, *, hold_id: int, status: str, charged: int = 0) -> _Closed | None:
+    """Move an open hold to ``status``; ``None`` if it was not open (so each hold closes once)."""
+    row = (
+        await session.execute(
+            update(Hold)
+            .where(Hold.id == hold_id, Hold.status == "open")
+            .values(status=status, charged=charged, closed_at=utcnow())
+            .returning(Hold.account_id, Hold.amount)
+            .execution_options(synchronize_session=False)
+        )
+    ).one_or_none()
+    return None if row is None else _Closed(account_id=row.account_id, amount=row.amount)
+
+
+async def _hold_row(session: AsyncSession, hold_id: int) -> tuple[int, int, str]:
+    row = (
+        await session.execute(select(Hold.account_id, Hold.amount, Hold.status).where(Hold.id == hold_id))
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"hold {hold_id} does not exist")
+    return row.account_id, row.amount, row.status
+
+
+async def settle_hold(
+    session: AsyncSession, *, hold_id: int, charge: Decimal, description: str | None = None
+) -> SettleResult:
+    """Charge the actual cost of a held request, capped at the hold, and release the rest."""
+    wanted = to_hundredths(charge)
+    if wanted < 0:
+        raise InvalidRequest("a charge cannot be negative")
+    _, held, _ = await _hold_row(session, hold_id)
+    units = min(wanted, held)
+    closed = await _close(session, hold_id=hold_id, status="settled", charged=units)
+    if closed is not None:
+        await _write(session, account_id=closed.account_id, delta=closed.amount, type="release", hold_id=hold_id)
+        if units:
+            entry = await _write(
+                session,
+                account_id=closed.account_id,
+                delta=-units,
+                type="api_usage",
+                hold_id=hold_id,
+                description=description,
+            )
+            assert entry is not None  # the release just returned at least this much
+        return SettleResult(from_hundredths(units), from_hundredths(closed.amount - units), late=False)
+    account_id, _, status = await _hold_row(session, hold_id)
+    if status != "expired":
+        raise Conflict(f"hold {hold_id} is already {status}")
+    # The sweeper released this hold before the request finished. Charge what the balance allows.
+    balance = await session.scalar(
+        select(Account.balance).where(Account.id == account_id).with_for_update()
+    )
+    late_units = min(units, balance or 0)
+    await session.execute(update(Hold).where(Hold.id == hold_id).values(charged=late_units))
+    if late_units:
+        await _write(
+            session,
+            account_id=account_id,
+            delta=-late_units,
+            type="api_usage",
+            hold_id=hold_id,
+            description=(description or "") + " (settled after hold expiry)",
+        )
+    return SettleResult(from_hundredths(late_units), Decimal("0.00"), late=True)
+
+
+async def release_hold(session: AsyncSession, *, hold_id: int, status: str = "released") -> bool:
+    """Give a hold back in full; ``False`` if it was already closed."""
+    closed = await _close(session, hold_id=hold_id, status=status)
+    if closed is None:
+        return False
+    await _write(session, account_id=closed.account_id, delta=closed.amount, type="release", hold_id=hold_id)
+    return True
+
+
+async def expired_hold_ids(session: AsyncSession, *, now: datetime, limit: int = 500) -> list[int]:
+    rows = await session.scalars(
+        select(Hold.id).where(Hold.status == "open", Hold.expires_at < now).order_by(Hold.id).limit(limit)
+    )
+    return list(rows)
+
+
+async def held_amount(session: AsyncSession, account_id: int) -> Decimal:
+    units = await session.scalar(
+        select(func.coalesce(func.sum(Hold.amount), 0)).where(
+            Hold.account_id == account_id, Hold.status == "open"
+        )
+    )
+    return from_hundredths(int(units or 0))
+
+
+def signed_sum(type_: str, *, negate: bool = False) -> ColumnElement[int]:
+    """SUM of the amounts of one entry type (for summaries)."""
+    amount = -LedgerEntry.amount if negate else LedgerEntry.amount
+    return func.coalesce(func.sum(case((LedgerEntry.type == type_, amount), else_=0)), 0)

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible inference routes and the request flow behind them."""

@@ -1,0 +1,28 @@
+"""POST /v1/chat/completions (OpenAI-compatible)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from app.auth.deps import PrincipalDep, RuntimeDep
+from app.errors_http import ERROR_RESPONSES
+from app.llm import service
+from app.llm.schemas import ChatCompletionRequest, ChatCompletionResponse
+
+router = APIRouter(prefix="/v1", tags=["inference"])
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletionResponse,
+    responses=ERROR_RESPONSES(400, 401, 402, 404, 422, 502),
+)
+async def chat_completions(
+    body: ChatCompletionRequest, principal: PrincipalDep, rt: RuntimeDep, response: Response
+) -> ChatCompletionResponse:
+    """Create a chat completion; credits are held up front and settled to the actual usage."""
+    result = await service.chat_completion(rt, principal, body)
+    response.headers["X-Request-Id"] = result.request_id
+    response.headers["X-Creditgate-Credits-Charged"] = str(result.charged)
+    response.headers["X-Creditgate-Provider"] = result.provider
+    return result.response

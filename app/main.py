@@ -1,0 +1,115 @@
+"""``create_app(settings)``: the gateway's FastAPI application, built explicitly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+import app as app_pkg
+from app import errors_http
+from app.admin.routes import router as admin_router
+from app.catalog.routes import router as catalog_router
+from app.catalog.service import Catalog
+from app.db.engine import create_engine, create_sessionmaker
+from app.db.migrate import current_revision, head_revision
+from app.ledger.sweeper import run_forever
+from app.llm.routes import router as llm_router
+from app.runtime import Runtime
+from app.settings import Settings
+from app.system.routes import router as system_router
+from app.users.routes import router as user_router
+
+log = logging.getLogger(__name__)
+
+DEMO_UPSTREAM = "http://demo-upstream.invalid/v1"
+
+
+class NotMigrated(RuntimeError):
+    pass
+
+
+def load_catalog(settings: Settings) -> Catalog:
+    catalog = Catalog.load(settings.catalog)
+    if settings.demo:
+        catalog = catalog.routed_to_single_upstream(name="demo", base_url=DEMO_UPSTREAM, api_key="demo")
+    return catalog
+
+
+def _demo_transport() -> httpx.AsyncBaseTransport:
+    # The demo's upstream is the harness's fake provider, in-process: no network, no vendor key.
+    from harness.fakes.providers import FakeProvider
+
+    return httpx.ASGITransport(app=FakeProvider().app)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    catalog: Catalog | None = None,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """Build the gateway. ``upstream_transport`` routes every provider call (tests point it at fakes)."""
+    settings = settings or Settings()
+    catalog = catalog or load_catalog(settings)
+    if upstream_transport is None and settings.demo:
+        upstream_transport = _demo_transport()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        try:
+            revision = await current_revision(engine)
+            if revision != head_revision():
+                raise NotMigrated(
+                    f"database at revision {revision or 'none'}, code expects {head_revision()}: "
+                    "run `creditgate migrate` (or `creditgate serve`, which migrates first)"
+                )
+            http = httpx.AsyncClient(
+                transport=upstream_transport,
+                timeout=httpx.Timeout(settings.upstream_timeout_seconds, connect=10.0),
+            )
+            redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+            app.state.runtime = Runtime(
+                settings=settings,
+                engine=engine,
+                sessionmaker=create_sessionmaker(engine),
+                catalog=catalog,
+                http=http,
+                redis=redis,
+            )
+            sweeper = asyncio.create_task(
+                run_forever(app.state.runtime.sessionmaker, interval=settings.sweep_interval_seconds)
+            )
+            try:
+                yield
+            finally:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+                await http.aclose()
+                if redis is not None:
+                    await redis.aclose()
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="creditgate",
+        version=app_pkg.__version__,
+        description="An LLM gateway with prepaid fractional credits. Credits are decimal strings.",
+        lifespan=lifespan,
+    )
+    errors_http.install(app)
+    for router in (system_router, catalog_router, user_router, llm_router, admin_router):
+        app.include_router(router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and multi-worker serving."""
+    return create_app(Settings())

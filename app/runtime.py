@@ -1,0 +1,22 @@
+"""What a running gateway holds: settings, engine, sessions, catalog, upstream HTTP client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.catalog.service import Catalog
+from app.settings import Settings
+
+
+@dataclass(slots=True)
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    catalog: Catalog
+    http: httpx.AsyncClient
+    redis: Redis | None = None

@@ -1,0 +1,1 @@
+"""Service routes: index and health."""

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, PlainSerializer
+
+
+# Credits go over the wire as strings ("12.30"): JSON numbers would be floats in most clients.
+Credits = Annotated[Decimal, PlainSerializer(lambda d: f"{d:.2f}", return_type=str, when_used="json")]
+
+
+class Balance(BaseModel):
+    balance: Credits
+    held: Credits
+    currency: str = "credits"
+
+
+class Transaction(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    type: str
+    amount: Credits
+    balance_after: Credits
+    description: str | None
+    created_at: datetime
+
+
+class TransactionPage(BaseModel):
+    data: list[Transaction]
+    total: int
+    limit: int
+    offset: int
+
+
+class TransactionSummary(BaseModel):
+    total_spent: Credits
+    total_purchased: Credits
+    total_bonus: Credits
+    total_refunded: Credits
+    net_balance: Credits
+    start: datetime | None
+    end: datetime | None

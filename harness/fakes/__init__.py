@@ -1,0 +1,1 @@
+"""Fakes that speak the real wire protocols; each is an ASGI app you can also run as a server."""

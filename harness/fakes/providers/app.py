@@ -1,0 +1,273 @@
+"""A scriptable fake LLM provider.
+
+``FakeProvider().app`` is an ASGI app speaking OpenAI's ``/v1/chat/completions`` (JSON and SSE with a
+final usage chunk), Anthropic's ``/v1/messages`` and OpenAI's ``/v1/images/generations``. Use it
+in-process through ``httpx.ASGITransport`` or as a server (``python -m harness.fakes.providers``).
+
+Script what the next calls get with ``provider.push(Fault.status(503), Reply(completion_tokens=7))``;
+when the script is empty every call gets ``provider.default``. Every call is recorded in ``calls``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A successful answer; token counts default to the fake's own estimate."""
+
+    content: str = "Hello from the fake provider."
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    include_usage: bool = True
+    latency: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """A failure the next call gets. Build one with the class methods."""
+
+    kind: str
+    status: int = 500
+    retry_after: int | None = None
+    seconds: float = 0.0
+    after_chunks: int = 0
+
+    @classmethod
+    def status_code(cls, status: int = 500) -> Fault:
+        """An HTTP error with an OpenAI-style error body."""
+        return cls(kind="status", status=status)
+
+    @classmethod
+    def rate_limited(cls, retry_after: int = 1) -> Fault:
+        """429 with a ``Retry-After`` header."""
+        return cls(kind="status", status=429, retry_after=retry_after)
+
+    @classmethod
+    def hang(cls, seconds: float = 3600.0) -> Fault:
+        """Answer nothing for ``seconds`` (the client's timeout fires first)."""
+        return cls(kind="hang", seconds=seconds)
+
+    @classmethod
+    def malformed(cls) -> Fault:
+        """200 with a body that is not JSON."""
+        return cls(kind="malformed")
+
+    @classmethod
+    def cut_stream(cls, after_chunks: int = 2) -> Fault:
+        """A stream that stops after ``after_chunks`` content chunks, with no usage and no [DONE]."""
+        return cls(kind="cut", after_chunks=after_chunks)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedCall:
+    path: str
+    body: Any
+    headers: dict[str, str]
+    at: float
+
+
+def _estimate_tokens(text: str) -> int:
+    return max(1, len(text.encode()) // 4)
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    if isinstance(body.get("system"), str):
+        parts.append(body["system"])
+    return " ".join(parts)
+
+
+@dataclass
+class FakeProvider:
+    """State of one fake upstream: its script, its default reply and the calls it received."""
+
+    default: Reply | Fault = field(default_factory=Reply)
+    calls: list[RecordedCall] = field(default_factory=list)
+    gate: asyncio.Event | None = None  # when set, calls wait for it before answering
+    _script: deque[Reply | Fault] = field(default_factory=deque)
+
+    def push(self, *steps: Reply | Fault) -> None:
+        """Queue what the next calls get, in order."""
+        self._script.extend(steps)
+
+    def reset(self) -> None:
+        self._script.clear()
+        self.calls.clear()
+        self.default = Reply()
+        self.gate = None
+
+    def _next(self) -> Reply | Fault:
+        return self._script.popleft() if self._script else self.default
+
+    @functools.cached_property
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/messages", self._messages, methods=["POST"]),
+                Route("/v1/images/generations", self._images, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/_fake/calls", self._calls, methods=["GET"]),
+                Route("/_fake/script", self._script_endpoint, methods=["POST"]),
+            ]
+        )
+
+    async def _record(self, request: Request) -> tuple[dict[str, Any], Reply | Fault]:
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            body = {"_raw": raw.decode(errors="replace")}
+        self.calls.append(RecordedCall(request.url.path, body, dict(request.headers), time.time()))
+        step = self._next()
+        if self.gate is not None:
+            await self.gate.wait()
+        return body, step
+
+    @staticmethod
+    async def _fault_response(fault: Fault) -> Response | None:
+        if fault.kind == "hang":
+            await asyncio.sleep(fault.seconds)
+            return JSONResponse({"error": {"message": "hung", "type": "timeout"}}, status_code=504)
+        if fault.kind == "malformed":
+            return Response("{not json", media_type="application/json")
+        if fault.kind == "status":
+            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
+            body = {"error": {"message": f"fake upstream error {fault.status}", "type": "upstream_error"}}
+            return JSONResponse(body, status_code=fault.status, headers=headers)
+        return None
+
+    async def _chat(self, request: Request) -> Response:
+        body, step = await self._record(request)
+        if isinstance(step, Fault):
+            response = await self._fault_response(step)
+            if response is not None:
+                return response
+            return StreamingResponse(self._chat_stream(body, Reply(), cut=step), media_type="text/event-stream")
+        if step.latency:
+            await asyncio.sleep(step.latency)
+        if body.get("stream"):
+            return StreamingResponse(self._chat_stream(body, step), media_type="text/event-stream")
+        prompt, completion = self._usage(body, step)
+        payload: dict[str, Any] = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake-model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": step.content},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+        }
+        if step.include_usage:
+            payload["usage"] = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            }
+        return JSONResponse(payload)
+
+    @staticmethod
+    def _usage(body: dict[str, Any], reply: Reply) -> tuple[int, int]:
+        prompt = reply.prompt_tokens if reply.prompt_tokens is not None else _estimate_tokens(_prompt_text(body))
+        completion = reply.completion_tokens
+        if completion is None:
+            completion = _estimate_tokens(reply.content)
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        if isinstance(limit, int) and limit > 0:
+            completion = min(completion, limit)
+        return prompt, completion
+
+    async def _chat_stream(self, body: dict[str, Any], reply: Reply, cut: Fault | None = None) -> AsyncIterator[str]:
+        ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        base = {"id": ident, "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": body.get("model", "fake-model")}
+        words = reply.content.split(" ")
+        yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                         "finish_reason": None}]})
+        for i, word in enumerate(words):
+            if cut is not None and i >= cut.after_chunks:
+                return
+            text = word if i == 0 else " " + word
+            yield _sse({**base, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+        yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        options = body.get("stream_options") or {}
+        if reply.include_usage and options.get("include_usage"):
+            prompt, completion = self._usage(body, reply)
+            usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+            yield _sse({**base, "choices": [], "usage": usage})
+        yield "data: [DONE]\n\n"
+
+    async def _messages(self, request: Request) -> Response:
+        body, step = await self._record(request)
+        if isinstance(step, Fault):
+            response = await self._fault_response(step)
+            return response or JSONResponse({"type": "error"}, status_code=500)
+        prompt, completion = self._usage(body, step)
+        return JSONResponse(
+            {
+                "id": f"msg_{uuid.uuid4().hex[:24]}",
+                "type": "message",
+                "role": "assistant",
+                "model": body.get("model", "fake-model"),
+                "content": [{"type": "text", "text": step.content}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": prompt, "output_tokens": completion},
+            }
+        )
+
+    async def _images(self, request: Request) -> Response:
+        body, step = await self._record(request)
+        if isinstance(step, Fault):
+            response = await self._fault_response(step)
+            return response or JSONResponse({"error": {}}, status_code=500)
+        n = body.get("n") or 1
+        data = [{"url": f"https://fake.invalid/img/{uuid.uuid4().hex}.png", "revised_prompt": body.get("prompt")}
+                for _ in range(int(n))]
+        return JSONResponse({"created": int(time.time()), "data": data})
+
+    async def _models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "fake"}]})
+
+    async def _calls(self, request: Request) -> Response:
+        return JSONResponse([{"path": c.path, "body": c.body, "at": c.at} for c in self.calls])
+
+    async def _script_endpoint(self, request: Request) -> Response:
+        """Script a running server: ``[{"fault": "status", "status": 503}, {"reply": {...}}]``."""
+        for step in await request.json():
+            if "fault" in step:
+                kind = step.pop("fault")
+                self.push(Fault(kind=kind, **step))
+            else:
+                self.push(Reply(**step.get("reply", {})))
+        return JSONResponse({"queued": len(self._script)})
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data)}\n\n"
