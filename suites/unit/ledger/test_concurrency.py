@@ -1,0 +1,49 @@
+"""No overdraft under concurrency: 50 simultaneous 100-credit holds on 1,000 credits → exactly 10 win."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.errors import InsufficientCredits
+from app.ledger import service as ledger
+from harness.fixtures.factories import TestUser
+
+pytestmark = [pytest.mark.critical, pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)]
+
+
+async def test_fifty_concurrent_holds_on_one_balance(
+    db_sessionmaker: async_sessionmaker[AsyncSession], funded_user: TestUser, ledger_auditor
+) -> None:
+    async def attempt(i: int) -> int | None:
+        try:
+            async with db_sessionmaker() as s, s.begin():
+                hold = await ledger.place_hold(
+                    s, account_id=funded_user.account_id, amount=Decimal(100), request_id=f"req-{i}",
+                    ttl=timedelta(minutes=5),
+                )
+                return hold.id
+        except InsufficientCredits:
+            return None
+
+    results = await asyncio.gather(*(attempt(i) for i in range(50)))
+    held = [h for h in results if h is not None]
+    assert len(held) == 10
+    async with db_sessionmaker() as s:
+        assert await ledger.balance_of(s, funded_user.account_id) == Decimal("0.00")
+
+    async def settle(hold_id: int) -> None:
+        async with db_sessionmaker() as s, s.begin():
+            await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal("73.30"))
+
+    await asyncio.gather(*(settle(h) for h in held))
+    async with db_sessionmaker() as s:
+        final = await ledger.balance_of(s, funded_user.account_id)
+    assert final == Decimal("267.00")
+    report = ledger_auditor()
+    assert report.ok, str(report)
+    print(f"\n50 concurrent holds of 100: {len(held)} succeeded, final balance {final}, {report}")
