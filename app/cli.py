@@ -55,7 +55,7 @@ def serve(args: argparse.Namespace) -> None:
         print(
             f"try: curl -s http://{args.host}:{args.port}/v1/chat/completions -H 'Authorization: Bearer {key}' "
             "-H 'Content-Type: application/json' "
-            "-d '{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'",
+            '-d \'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}\'',
             flush=True,
         )
     uvicorn.run(
@@ -100,4 +100,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

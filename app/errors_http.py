@@ -43,7 +43,7 @@ _DESCRIPTIONS = {
 }
 
 
-def ERROR_RESPONSES(*statuses: int) -> dict[int | str, dict[str, Any]]:  # noqa: N802 - reads as a constant
+def ERROR_RESPONSES(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": _DESCRIPTIONS[s]} for s in statuses}
 
 

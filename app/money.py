@@ -47,9 +47,7 @@ def check_increment(increment: Decimal) -> Decimal:
     raise ValueError(f"credit increment must be one of {allowed_list}")
 
 
-def charge_for_cost(
-    *, cost_usd: Decimal, margin: Decimal, credit_value_usd: Decimal, increment: Decimal
-) -> Decimal:
+def charge_for_cost(*, cost_usd: Decimal, margin: Decimal, credit_value_usd: Decimal, increment: Decimal) -> Decimal:
     """The credits charged for a vendor cost: ceil(cost × margin / credit value) to the increment.
 
     Zero cost charges zero. The result is never below the exact price and less than one

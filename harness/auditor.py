@@ -73,46 +73,60 @@ async def audit(engine: AsyncEngine, *, grace: timedelta = timedelta(0)) -> Audi
         report.entries = int((await q(text("SELECT count(*) FROM ledger_entries"))).scalar_one())
         report.holds = int((await q(text("SELECT count(*) FROM holds"))).scalar_one())
 
-        rows = await q(text(
-            "SELECT a.id, a.balance, COALESCE(SUM(l.amount), 0) AS total FROM accounts a "
-            "LEFT JOIN ledger_entries l ON l.account_id = a.id GROUP BY a.id, a.balance "
-            "HAVING a.balance <> COALESCE(SUM(l.amount), 0) OR a.balance < 0"
-        ))
+        rows = await q(
+            text(
+                "SELECT a.id, a.balance, COALESCE(SUM(l.amount), 0) AS total FROM accounts a "
+                "LEFT JOIN ledger_entries l ON l.account_id = a.id GROUP BY a.id, a.balance "
+                "HAVING a.balance <> COALESCE(SUM(l.amount), 0) OR a.balance < 0"
+            )
+        )
         for account_id, balance, total in rows:
             if balance < 0:
                 add(Violation("negative-balance", f"account {account_id}", f"balance {_c(balance)}"))
             if balance != total:
-                add(Violation(
-                    "balance-vs-ledger", f"account {account_id}",
-                    f"balance {_c(balance)} != ledger sum {_c(total)} (off by {_c(balance - total)})",
-                ))
+                add(
+                    Violation(
+                        "balance-vs-ledger",
+                        f"account {account_id}",
+                        f"balance {_c(balance)} != ledger sum {_c(total)} (off by {_c(balance - total)})",
+                    )
+                )
 
         running: dict[int, int] = {}
         entries = await q(text("SELECT id, account_id, amount, balance_after FROM ledger_entries ORDER BY id"))
         for entry_id, account_id, amount, after in entries:
             running[account_id] = running.get(account_id, 0) + amount
             if running[account_id] != after:
-                add(Violation(
-                    "running-balance", f"entry {entry_id} (account {account_id})",
-                    f"balance_after {_c(after)} but the entries so far sum to {_c(running[account_id])}",
-                ))
+                add(
+                    Violation(
+                        "running-balance",
+                        f"entry {entry_id} (account {account_id})",
+                        f"balance_after {_c(after)} but the entries so far sum to {_c(running[account_id])}",
+                    )
+                )
                 running[account_id] = after  # report each break once
 
-        holds = await q(text(
-            "SELECT h.id, h.status, h.amount, h.charged, h.expires_at, "
-            "SUM(CASE WHEN l.type = 'hold' THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN l.type = 'hold' THEN -l.amount ELSE 0 END), "
-            "SUM(CASE WHEN l.type = 'release' THEN 1 ELSE 0 END), "
-            "SUM(CASE WHEN l.type = 'release' THEN l.amount ELSE 0 END), "
-            "SUM(CASE WHEN l.type = 'api_usage' THEN -l.amount ELSE 0 END) "
-            "FROM holds h LEFT JOIN ledger_entries l ON l.hold_id = h.id "
-            "GROUP BY h.id, h.status, h.amount, h.charged, h.expires_at"
-        ))
+        holds = await q(
+            text(
+                "SELECT h.id, h.status, h.amount, h.charged, h.expires_at, "
+                "SUM(CASE WHEN l.type = 'hold' THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN l.type = 'hold' THEN -l.amount ELSE 0 END), "
+                "SUM(CASE WHEN l.type = 'release' THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN l.type = 'release' THEN l.amount ELSE 0 END), "
+                "SUM(CASE WHEN l.type = 'api_usage' THEN -l.amount ELSE 0 END) "
+                "FROM holds h LEFT JOIN ledger_entries l ON l.hold_id = h.id "
+                "GROUP BY h.id, h.status, h.amount, h.charged, h.expires_at"
+            )
+        )
         now = datetime.now(UTC)
         for hid, status, amount, charged, expires, n_hold, held, n_rel, released, used in holds:
             subject = f"hold {hid} ({status})"
             if n_hold != 1 or held != amount:
-                add(Violation("hold-entry", subject, f"{n_hold} hold entries for {_c(held)}, expected 1 for {_c(amount)}"))
+                add(
+                    Violation(
+                        "hold-entry", subject, f"{n_hold} hold entries for {_c(held)}, expected 1 for {_c(amount)}"
+                    )
+                )
             expected_releases = 0 if status == "open" else 1
             if n_rel != expected_releases or (n_rel and released != amount):
                 add(Violation("hold-release", subject, f"{n_rel} release entries for {_c(released or 0)}"))
@@ -125,10 +139,12 @@ async def audit(engine: AsyncEngine, *, grace: timedelta = timedelta(0)) -> Audi
                 if expires_at + grace < now:
                     add(Violation("stale-hold", subject, f"still open {now - expires_at} after expiry"))
 
-        dupes = await q(text(
-            "SELECT idempotency_key, count(*) FROM ledger_entries WHERE idempotency_key IS NOT NULL "
-            "GROUP BY idempotency_key HAVING count(*) > 1"
-        ))
+        dupes = await q(
+            text(
+                "SELECT idempotency_key, count(*) FROM ledger_entries WHERE idempotency_key IS NOT NULL "
+                "GROUP BY idempotency_key HAVING count(*) > 1"
+            )
+        )
         for key, count in dupes:
             add(Violation("idempotency", f"key {key!r}", f"applied {count} times"))
     return report

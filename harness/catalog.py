@@ -9,7 +9,7 @@ from app.catalog.service import Catalog, ModelConfig, ModelRoute
 FAKE_UPSTREAM = "http://fake-provider.test/v1"
 
 
-def test_catalog(base_url: str = FAKE_UPSTREAM) -> Catalog:
+def catalog_for_tests(base_url: str = FAKE_UPSTREAM) -> Catalog:
     """Every default model plus ``test-model`` and ``free-model``, all served by the fake at ``base_url``."""
     routed = Catalog.load().routed_to_single_upstream(name="fake", base_url=base_url, api_key="sk-fake")
     extra = (
@@ -31,6 +31,3 @@ def test_catalog(base_url: str = FAKE_UPSTREAM) -> Catalog:
         ),
     )
     return Catalog(providers=routed.providers, models=routed.models + extra)
-
-
-test_catalog.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name

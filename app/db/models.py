@@ -71,9 +71,7 @@ class Account(Base):
     __table_args__ = (CheckConstraint("balance >= 0", name="ck_accounts_balance_nonnegative"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    user_id: Mapped[int | None] = mapped_column(
-        ForeignKey("users.id", ondelete="RESTRICT"), unique=True, nullable=True
-    )
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), unique=True, nullable=True)
     balance: Mapped[int] = mapped_column(BigInteger, default=0)  # hundredths of a credit
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 

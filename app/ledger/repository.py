@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import LedgerEntry
@@ -57,7 +57,7 @@ async def page(
 ) -> tuple[Sequence[LedgerEntry], int]:
     """Entries newest first (ties broken by id, so pages never overlap) and the total count."""
     where = _filters(account_id, start=start, end=end, type_=type_)
-    query: Select[tuple[LedgerEntry]] = (
+    query = (
         select(LedgerEntry)
         .where(*where)
         .order_by(LedgerEntry.created_at.desc(), LedgerEntry.id.desc())

@@ -223,9 +223,7 @@ async def settle_hold(
     if status != "expired":
         raise Conflict(f"hold {hold_id} is already {status}")
     # The sweeper released this hold before the request finished. Charge what the balance allows.
-    balance = await session.scalar(
-        select(Account.balance).where(Account.id == account_id).with_for_update()
-    )
+    balance = await session.scalar(select(Account.balance).where(Account.id == account_id).with_for_update())
     late_units = min(units, balance or 0)
     await session.execute(update(Hold).where(Hold.id == hold_id).values(charged=late_units))
     if late_units:
@@ -258,9 +256,7 @@ async def expired_hold_ids(session: AsyncSession, *, now: datetime, limit: int =
 
 async def held_amount(session: AsyncSession, account_id: int) -> Decimal:
     units = await session.scalar(
-        select(func.coalesce(func.sum(Hold.amount), 0)).where(
-            Hold.account_id == account_id, Hold.status == "open"
-        )
+        select(func.coalesce(func.sum(Hold.amount), 0)).where(Hold.account_id == account_id, Hold.status == "open")
     )
     return from_hundredths(int(units or 0))
 

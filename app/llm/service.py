@@ -81,7 +81,9 @@ async def chat_completion(rt: Runtime, principal: Principal, request: ChatComple
         payload = request.model_dump(exclude_none=True)
         payload["max_tokens"] = max_tokens
         payload.pop("max_completion_tokens", None)
-        upstream = await router.chat_completion(rt.http, catalog=rt.catalog, model=model, payload=payload)
+        upstream = await router.chat_completion(
+            rt.http, catalog=rt.catalog, model=model, payload=payload, timeout=rt.settings.upstream_timeout_seconds
+        )
         try:
             response = ChatCompletionResponse.model_validate({**upstream.body, "model": model.id})
         except ValidationError as exc:
@@ -94,9 +96,7 @@ async def chat_completion(rt: Runtime, principal: Principal, request: ChatComple
             prompt_tokens, completion_tokens = response.usage.prompt_tokens, response.usage.completion_tokens
         else:
             prompt_tokens = prompt_estimate
-            completion_tokens = pricing.estimate_prompt_tokens(
-                [c.message.content or "" for c in response.choices]
-            )
+            completion_tokens = pricing.estimate_prompt_tokens([c.message.content or "" for c in response.choices])
         charge = pricing.credits_for(
             model,
             prompt_tokens=prompt_tokens,
@@ -125,8 +125,9 @@ async def chat_completion(rt: Runtime, principal: Principal, request: ChatComple
         return ChatResult(response, request_id, result.charged, upstream.provider)
     finally:
         if not settled:
-            await asyncio.shield(_release(rt, hold_id=hold_id, request_id=request_id, principal=principal,
-                                          model_id=model.id))
+            await asyncio.shield(
+                _release(rt, hold_id=hold_id, request_id=request_id, principal=principal, model_id=model.id)
+            )
 
 
 async def _release(rt: Runtime, *, hold_id: int, request_id: str, principal: Principal, model_id: str) -> None:

@@ -7,6 +7,7 @@ fault: it goes back to the client as ``UpstreamRejected`` without trying the nex
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -47,11 +48,13 @@ class _Failed(Exception):
 
 
 async def _call_once(
-    http: httpx.AsyncClient, *, url: str, api_key: str, payload: dict[str, Any]
+    http: httpx.AsyncClient, *, url: str, api_key: str, payload: dict[str, Any], timeout: float
 ) -> dict[str, Any]:
     try:
-        response = await http.post(url, json=payload, headers={"Authorization": f"Bearer {api_key}"})
-    except httpx.TimeoutException as exc:
+        # httpx's timeouts are per operation; this bounds the whole call (a slow drip, an in-process app).
+        async with asyncio.timeout(timeout):
+            response = await http.post(url, json=payload, headers={"Authorization": f"Bearer {api_key}"})
+    except (httpx.TimeoutException, TimeoutError) as exc:
         raise _Failed("timeout") from exc
     except httpx.TransportError as exc:
         raise _Failed(f"connection error: {type(exc).__name__}") from exc
@@ -73,7 +76,7 @@ async def _call_once(
 
 
 async def chat_completion(
-    http: httpx.AsyncClient, *, catalog: Catalog, model: ModelConfig, payload: dict[str, Any]
+    http: httpx.AsyncClient, *, catalog: Catalog, model: ModelConfig, payload: dict[str, Any], timeout: float
 ) -> UpstreamResponse:
     """POST the chat request to each provider of ``model`` in order; ``ProviderUnavailable`` if all fail."""
     attempts: list[Attempt] = []
@@ -90,6 +93,7 @@ async def chat_completion(
                 url=provider.base_url.rstrip("/") + "/chat/completions",
                 api_key=api_key,
                 payload={**payload, "model": route.model or model.id},
+                timeout=timeout,
             )
         except _Failed as failure:
             attempts.append(Attempt(provider.name, failure.reason))

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+
 def run_sync(coro: Any) -> Any:
     """Run a coroutine to completion from sync code, even when an event loop is running in this thread."""
     try:

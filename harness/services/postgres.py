@@ -94,9 +94,7 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
 def _local() -> Service:
     initdb, pg_ctl = find_bin("initdb"), find_bin("pg_ctl")
     if not initdb or not pg_ctl:
-        raise ServiceUnavailable(
-            "initdb/pg_ctl not found: apt-get install postgresql, or set HARNESS_POSTGRES_URL"
-        )
+        raise ServiceUnavailable("initdb/pg_ctl not found: apt-get install postgresql, or set HARNESS_POSTGRES_URL")
     user = _unprivileged_user()
     # A short path: the Unix socket path must stay under ~100 bytes.
     root = Path(tempfile.mkdtemp(prefix="hpg", dir="/tmp"))
@@ -109,7 +107,11 @@ def _local() -> Service:
     try:
         subprocess.run(
             [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
-            check=True, capture_output=True, env=env, cwd=root, **as_user,
+            check=True,
+            capture_output=True,
+            env=env,
+            cwd=root,
+            **as_user,
         )
         port = free_port()
         opts = (
@@ -118,7 +120,11 @@ def _local() -> Service:
         )
         subprocess.run(
             [pg_ctl, "-D", str(data), "-o", opts, "-l", str(log), "-w", "-t", "60", "start"],
-            check=True, capture_output=True, env=env, cwd=root, **as_user,
+            check=True,
+            capture_output=True,
+            env=env,
+            cwd=root,
+            **as_user,
         )
     except (subprocess.CalledProcessError, OSError) as exc:
         detail = getattr(exc, "stderr", b"") or b""

@@ -53,8 +53,21 @@ def _local() -> Service:
         raise ServiceUnavailable("redis-server not found: apt-get install redis-server, or set HARNESS_REDIS_URL")
     root = Path(tempfile.mkdtemp(prefix="hrd", dir="/tmp"))
     port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(root), "--logfile", str(root / "log")]
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(root),
+        "--logfile",
+        str(root / "log"),
+    ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
 

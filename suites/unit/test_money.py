@@ -74,7 +74,7 @@ def test_credits_rejects_sub_cent_and_non_finite(bad: str) -> None:
 
 @pytest.mark.parametrize("bad", ["0.05", "10", "0"])
 def test_increment_must_be_allowed(bad: str) -> None:
-    with pytest.raises(ValueError, match="0.01, 0.1, 1.0"):
+    with pytest.raises(ValueError, match=r"0\.01, 0\.1, 1\.0"):
         check_increment(Decimal(bad))
 
 

@@ -205,11 +205,16 @@ class FakeProvider:
 
     async def _chat_stream(self, body: dict[str, Any], reply: Reply, cut: Fault | None = None) -> AsyncIterator[str]:
         ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        base = {"id": ident, "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": body.get("model", "fake-model")}
+        base = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model", "fake-model"),
+        }
         words = reply.content.split(" ")
-        yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                         "finish_reason": None}]})
+        yield _sse(
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        )
         for i, word in enumerate(words):
             if cut is not None and i >= cut.after_chunks:
                 return
@@ -248,8 +253,10 @@ class FakeProvider:
             response = await self._fault_response(step)
             return response or JSONResponse({"error": {}}, status_code=500)
         n = body.get("n") or 1
-        data = [{"url": f"https://fake.invalid/img/{uuid.uuid4().hex}.png", "revised_prompt": body.get("prompt")}
-                for _ in range(int(n))]
+        data = [
+            {"url": f"https://fake.invalid/img/{uuid.uuid4().hex}.png", "revised_prompt": body.get("prompt")}
+            for _ in range(int(n))
+        ]
         return JSONResponse({"created": int(time.time()), "data": data})
 
     async def _models(self, request: Request) -> Response:

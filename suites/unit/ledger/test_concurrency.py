@@ -23,7 +23,10 @@ async def test_fifty_concurrent_holds_on_one_balance(
         try:
             async with db_sessionmaker() as s, s.begin():
                 hold = await ledger.place_hold(
-                    s, account_id=funded_user.account_id, amount=Decimal(100), request_id=f"req-{i}",
+                    s,
+                    account_id=funded_user.account_id,
+                    amount=Decimal(100),
+                    request_id=f"req-{i}",
                     ttl=timedelta(minutes=5),
                 )
                 return hold.id

@@ -32,9 +32,7 @@ async def _hold(sm: SM, user: TestUser, amount: str, request_id: str) -> int:
         return hold.id
 
 
-async def test_hold_then_settle_charges_actual_and_releases_rest(
-    db_sessionmaker: SM, funded_user: TestUser
-) -> None:
+async def test_hold_then_settle_charges_actual_and_releases_rest(db_sessionmaker: SM, funded_user: TestUser) -> None:
     hold_id = await _hold(db_sessionmaker, funded_user, "100", "r1")
     assert await _balance(db_sessionmaker, funded_user.account_id) == Decimal("900.00")
     async with db_sessionmaker() as s, s.begin():
@@ -101,8 +99,7 @@ async def test_sweeper_releases_expired_holds_and_late_settle_charges_balance(
 
 
 async def test_idempotent_entries(db_sessionmaker: SM, funded_user: TestUser) -> None:
-    kw = {"account_id": funded_user.account_id, "amount": Decimal("25"), "type": "purchase",
-          "idempotency_key": "evt_1"}
+    kw = {"account_id": funded_user.account_id, "amount": Decimal("25"), "type": "purchase", "idempotency_key": "evt_1"}
     async with db_sessionmaker() as s, s.begin():
         first, created = await ledger.post_entry(s, **kw)
     assert created

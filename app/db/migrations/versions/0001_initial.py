@@ -39,9 +39,7 @@ def upgrade() -> None:
     op.create_table(
         "accounts",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column(
-            "user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="RESTRICT"), nullable=True, unique=True
-        ),
+        sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="RESTRICT"), nullable=True, unique=True),
         sa.Column("balance", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.CheckConstraint("balance >= 0", name="ck_accounts_balance_nonnegative"),
