@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 from decimal import Decimal, InvalidOperation
 
 from app.auth import service as auth

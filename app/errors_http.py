@@ -70,6 +70,8 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. bytes that are not UTF-8)
+        return _json(422, {"error": {"type": "invalid_request", "message": str(exc.detail)}})
     kinds = {404: "not_found", 405: "method_not_allowed"}
     body = {"error": {"type": kinds.get(exc.status_code, "http_error"), "message": str(exc.detail)}}
     return _json(exc.status_code, body, dict(exc.headers) if exc.headers else None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -12,7 +11,7 @@ from app.errors_http import ERROR_RESPONSES
 from app.ledger import repository
 from app.ledger import service as ledger
 from app.money import from_hundredths
-from app.users.schemas import Balance, Transaction, TransactionPage, TransactionSummary
+from app.users.schemas import Balance, IsoDateTime, Transaction, TransactionPage, TransactionSummary
 
 router = APIRouter(prefix="/user", tags=["user"], responses=ERROR_RESPONSES(401))
 
@@ -35,8 +34,8 @@ async def transactions(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     type: Annotated[EntryType | None, Query(description="only entries of this type")] = None,
-    start: Annotated[datetime | None, Query(description="inclusive, ISO 8601 (UTC if no zone)")] = None,
-    end: Annotated[datetime | None, Query(description="exclusive, ISO 8601 (UTC if no zone)")] = None,
+    start: Annotated[IsoDateTime | None, Query(description="inclusive, ISO 8601 (UTC if no zone)")] = None,
+    end: Annotated[IsoDateTime | None, Query(description="exclusive, ISO 8601 (UTC if no zone)")] = None,
 ) -> TransactionPage:
     """Ledger entries, newest first."""
     rows, total = await repository.page(
@@ -60,8 +59,8 @@ async def transactions(
 async def transactions_summary(
     principal: PrincipalDep,
     session: SessionDep,
-    start: Annotated[datetime | None, Query()] = None,
-    end: Annotated[datetime | None, Query()] = None,
+    start: Annotated[IsoDateTime | None, Query()] = None,
+    end: Annotated[IsoDateTime | None, Query()] = None,
 ) -> TransactionSummary:
     """Totals for a period; over all time ``net_balance`` equals the balance."""
     s = await repository.summary(session, principal.account_id, start=start, end=end)

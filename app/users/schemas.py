@@ -4,10 +4,23 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 # Credits go over the wire as strings ("12.30"): JSON numbers would be floats in most clients.
 Credits = Annotated[Decimal, PlainSerializer(lambda d: f"{d:.2f}", return_type=str, when_used="json")]
+
+
+def _iso_8601(value: object) -> object:
+    # Pydantic would read "0.5" as a Unix timestamp; the schema promises ISO 8601 date-times only.
+    if isinstance(value, str):
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("expected an ISO 8601 date-time such as 2026-01-31T00:00:00Z") from None
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_8601)]
 
 
 class Balance(BaseModel):

@@ -30,9 +30,7 @@ async def test_grant_is_idempotent_even_when_raced(
     assert len({r.json()["entry_id"] for r in responses}) == 1
     balance = (await async_client.get("/user/balance", headers=funded_user.headers)).json()["balance"]
     assert balance == "1012.34"
-    conflict = await async_client.post(
-        "/admin/credits", json={**grant, "amount": "99"}, headers=admin_user.headers
-    )
+    conflict = await async_client.post("/admin/credits", json={**grant, "amount": "99"}, headers=admin_user.headers)
     assert conflict.status_code == 409
 
 

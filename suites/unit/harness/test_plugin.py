@@ -10,10 +10,23 @@ pytest_plugins = ["pytester"]
 def test_fixtures_are_documented(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--fixtures", "-p", "no:cacheprovider")
     out = result.stdout.str()
-    for fixture in ("async_client", "live_server", "postgres_service", "redis_service", "database_url",
-                    "funded_user", "user_factory", "api_key", "fake_provider", "ledger_auditor", "settings", "app"):
-        line = next((ln for ln in out.splitlines() if ln.startswith(fixture + " ") or ln.startswith(fixture + "\n")),
-                    None)
+    for fixture in (
+        "async_client",
+        "live_server",
+        "postgres_service",
+        "redis_service",
+        "database_url",
+        "funded_user",
+        "user_factory",
+        "api_key",
+        "fake_provider",
+        "ledger_auditor",
+        "settings",
+        "app",
+    ):
+        line = next(
+            (ln for ln in out.splitlines() if ln.startswith(fixture + " ") or ln.startswith(fixture + "\n")), None
+        )
         assert line is not None, f"{fixture} missing from pytest --fixtures"
     assert "A user with 1,000 credits" in out
     assert "An httpx client calling the app in-process" in out

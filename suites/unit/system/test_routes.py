@@ -21,12 +21,16 @@ async def test_index_and_health(async_client: httpx.AsyncClient) -> None:
 
 async def test_health_reports_redis(settings: Settings, app_factory_redis: str) -> None:
     app = create_app(settings.model_copy(update={"redis_url": app_factory_redis}))
-    async with LifespanManager(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+    ):
         assert (await c.get("/health")).json()["redis"] == "connected"
     broken = create_app(settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}))
-    async with LifespanManager(broken), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=broken), base_url="http://t"
-    ) as c:
+    async with (
+        LifespanManager(broken),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=broken), base_url="http://t") as c,
+    ):
         response = await c.get("/health")
         assert response.status_code == 200
         assert response.json() == {"status": "degraded", "database": "connected", "redis": "error"}

@@ -15,14 +15,18 @@ CHAT = {"model": "test-model", "max_tokens": 50, "messages": [{"role": "user", "
 
 async def test_history_pages_are_stable_and_filterable(async_client: httpx.AsyncClient, funded_user: TestUser) -> None:
     for _ in range(3):
-        assert (await async_client.post("/v1/chat/completions", json=CHAT, headers=funded_user.headers)).status_code == 200
+        assert (
+            await async_client.post("/v1/chat/completions", json=CHAT, headers=funded_user.headers)
+        ).status_code == 200
     everything = (await async_client.get("/user/transactions?limit=500", headers=funded_user.headers)).json()
     assert everything["total"] == 10  # bonus + 3 × (hold, release, api_usage)
     ids = [t["id"] for t in everything["data"]]
     assert ids == sorted(ids, reverse=True)
     paged: list[int] = []
     for offset in range(0, 10, 3):
-        page = (await async_client.get(f"/user/transactions?limit=3&offset={offset}", headers=funded_user.headers)).json()
+        page = (
+            await async_client.get(f"/user/transactions?limit=3&offset={offset}", headers=funded_user.headers)
+        ).json()
         paged += [t["id"] for t in page["data"]]
     assert paged == ids
     usage = (await async_client.get("/user/transactions?type=api_usage", headers=funded_user.headers)).json()
@@ -46,9 +50,7 @@ async def test_balance_and_summary_agree_to_the_cent(async_client: httpx.AsyncCl
     assert empty.json()["net_balance"] == "0.00"
 
 
-@pytest.mark.parametrize(
-    "query", ["limit=0", "limit=501", "offset=-1", "type=gift", "start=yesterday", "limit=abc"]
-)
+@pytest.mark.parametrize("query", ["limit=0", "limit=501", "offset=-1", "type=gift", "start=yesterday", "limit=abc"])
 async def test_bad_query_is_422(async_client: httpx.AsyncClient, funded_user: TestUser, query: str) -> None:
     response = await async_client.get(f"/user/transactions?{query}", headers=funded_user.headers)
     assert response.status_code == 422

@@ -1,0 +1,62 @@
+"""One real gateway for the contract module: uvicorn in a subprocess, SQLite, the fake provider on a port."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from app.auth import service as auth
+from app.db.engine import create_engine, create_sessionmaker
+from harness.auditor import audit_url
+from harness.catalog import catalog_for_tests
+from harness.fakes.providers import FakeProvider
+from harness.fixtures.database import migrate
+from harness.fixtures.live_server import LiveServer, ThreadedServer, start_gateway
+from harness.services.base import run_sync
+
+
+@dataclass(frozen=True)
+class ContractGateway:
+    server: LiveServer
+    database_url: str
+    admin_key: str
+    user_key: str
+
+
+async def _keys(url: str) -> tuple[str, str]:
+    engine = create_engine(url)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            admin, _ = await auth.create_user(
+                session, email="admin@contract.test", is_admin=True, credits=Decimal(10**9)
+            )
+            user, _ = await auth.create_user(session, email="user@contract.test", credits=Decimal(1000))
+            return await auth.issue_key(session, user_id=admin.id), await auth.issue_key(session, user_id=user.id)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def contract_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContractGateway]:
+    """A gateway on a real port with a funded admin key; its ledger is audited when the module ends."""
+    root = tmp_path_factory.mktemp("contract")
+    url = f"sqlite+aiosqlite:///{root / 'contract.db'}"
+    migrate(url)
+    admin_key, user_key = run_sync(_keys(url))
+    fake = ThreadedServer(FakeProvider().app).start()
+    catalog = Path(root / "catalog.json")
+    catalog.write_text(catalog_for_tests(f"{fake.url}/v1").model_dump_json())
+    server = start_gateway(
+        env={"CREDITGATE_DATABASE_URL": url, "CREDITGATE_CATALOG": str(catalog)}, log_path=root / "gateway.log"
+    )
+    try:
+        yield ContractGateway(server, url, admin_key, user_key)
+    finally:
+        server.stop()
+        fake.stop()
+    report = audit_url(url)
+    assert report.ok, str(report)
