@@ -22,9 +22,9 @@ def test_local_postgres_and_redis_start_and_stop() -> None:
     finally:
         postgres.stop()
         redis.stop()
-    with pytest.raises(ServiceUnavailable):
-        from harness.services.postgres import server_version
+    from harness.services.postgres import server_version
 
+    with pytest.raises(ServiceUnavailable):
         server_version(postgres.url)
 
 
@@ -34,9 +34,9 @@ def test_docker_backend_skips_cleanly_without_an_engine() -> None:
     reason = docker_engine_answers()
     if reason is None:
         pytest.skip("a Docker engine is available here")
-    with pytest.raises(ServiceUnavailable, match="docker: no Docker engine"):
+    with pytest.raises(ServiceUnavailable, match="docker: "):
         start_postgres("docker")
-    with pytest.raises(ServiceUnavailable, match="docker: no Docker engine"):
+    with pytest.raises(ServiceUnavailable, match="docker: "):
         start_redis("docker")
 
 

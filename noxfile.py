@@ -1,0 +1,97 @@
+"""Sessions: `nox -l` lists them; `nox -s ci` is what CI (.ci/run) runs."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "typecheck", "unit", "contract", "e2e"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+COVERAGE_MIN = 85
+
+
+def install(session: nox.Session, *groups: str) -> None:
+    deps = [dep for group in groups for dep in nox.project.dependency_groups(PYPROJECT, group)]
+    session.install("-e", ".[harness]", *deps)
+
+
+def pytest(session: nox.Session, *args: str) -> None:
+    name = session.name
+    session.run(
+        "coverage",
+        "run",
+        "-m",
+        "pytest",
+        *args,
+        f"--junitxml=reports/junit-{name}.xml",
+        *session.posargs,
+        env={"COVERAGE_FILE": f".coverage.{name}"},
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on app/ and harness/."""
+    install(session, "test", "lint")
+    session.run("mypy")
+
+
+@nox.session
+def unit(session: nox.Session) -> None:
+    """Unit suite (SQLite and Postgres; Postgres from HARNESS_POSTGRES_URL or started locally)."""
+    install(session, "test")
+    pytest(session, "suites/unit")
+
+
+@nox.session
+def contract(session: nox.Session) -> None:
+    """schemathesis against the OpenAPI schema (>= 1,000 cases) and the openai SDK as a client."""
+    install(session, "test")
+    pytest(session, "suites/contract")
+
+
+@nox.session
+def e2e(session: nox.Session) -> None:
+    """End-to-end flows on real Postgres with live uvicorn workers and fake providers on real ports."""
+    install(session, "test")
+    pytest(session, "suites/e2e")
+
+
+@nox.session(default=False)
+def smoke(session: nox.Session) -> None:
+    """Read-only checks of a deployment: nox -s smoke -- --base-url https://… (or BASE_URL, SMOKE_API_KEY)."""
+    session.install("pytest>=8.3", "httpx>=0.28", "hypothesis>=6.120")
+    session.run("pytest", "suites/smoke", *session.posargs)
+
+
+@nox.session(default=False)
+def coverage(session: nox.Session) -> None:
+    """Combine the sessions' coverage; gate the total (>= 85 %) and each money module (>= 95 %)."""
+    session.install("coverage[toml]>=7.10")
+    session.run("coverage", "combine", "--keep", *[f for f in os.listdir(".") if f.startswith(".coverage.")])
+    session.run("coverage", "xml", "-o", "reports/coverage.xml")
+    session.run("coverage", "html", "-d", "reports/htmlcov")
+    session.run("coverage", "json", "-o", "reports/coverage.json")
+    session.run("coverage", "report", f"--fail-under={COVERAGE_MIN}")
+    session.run("python", "tools/coverage_gates.py", "reports/coverage.json")
+
+
+@nox.session(default=False)
+def ci(session: nox.Session) -> None:
+    """Everything CI gates on: lint, types, unit, contract, e2e, then coverage gates."""
+    for stale in (f for f in os.listdir(".") if f.startswith(".coverage")):
+        os.remove(stale)
+    for name in ("lint", "typecheck", "unit", "contract", "e2e", "coverage"):
+        session.notify(name)

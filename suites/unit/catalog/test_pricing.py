@@ -1,0 +1,64 @@
+"""app/catalog/pricing.py: estimates, the increment setting and the affordability hint."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.catalog import pricing
+from app.catalog.service import Catalog, ModelConfig, ModelRoute
+from app.db.models import AppSetting
+
+PRICE = {"margin": Decimal("1.5"), "credit_value_usd": Decimal("0.01"), "increment": Decimal("0.1")}
+
+
+def model(input_per_1k: str, output_per_1k: str) -> ModelConfig:
+    return ModelConfig(
+        id="m",
+        input_per_1k=Decimal(input_per_1k),
+        output_per_1k=Decimal(output_per_1k),
+        max_output_tokens=5000,
+        providers=(ModelRoute(provider="p"),),
+    )
+
+
+def test_affordable_tokens_are_really_affordable() -> None:
+    m = model("0.001", "0.002")
+    tokens = pricing.max_affordable_tokens(m, balance=Decimal("1.00"), prompt_tokens=100, **PRICE)
+    assert pricing.credits_for(m, prompt_tokens=100, completion_tokens=tokens, **PRICE) <= Decimal("1.00")
+    assert pricing.credits_for(m, prompt_tokens=100, completion_tokens=tokens + 400, **PRICE) > Decimal("1.00")
+
+
+@pytest.mark.parametrize(
+    ("output_price", "balance", "expected"), [("0", "1.00", 5000), ("0.002", "0.00", 0), ("0.002", "0.05", 0)]
+)
+def test_affordable_edges(output_price: str, balance: str, expected: int) -> None:
+    m = model("0.001", output_price)
+    assert pricing.max_affordable_tokens(m, balance=Decimal(balance), prompt_tokens=10, **PRICE) == expected
+
+
+def test_prompt_estimate_is_never_below_a_bytes_over_four_count() -> None:
+    texts = ["hello world", "ü" * 100, ""]
+    assert pricing.estimate_prompt_tokens(texts) >= sum(len(t.encode()) // 4 for t in texts)
+
+
+async def test_increment_comes_from_the_settings_table(db_sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    async with db_sessionmaker() as s:
+        assert await pricing.current_increment(s, default=Decimal("0.1")) == Decimal("0.1")
+    async with db_sessionmaker() as s, s.begin():
+        s.add(AppSetting(key=pricing.INCREMENT_KEY, value="1.0"))
+    async with db_sessionmaker() as s:
+        assert await pricing.current_increment(s, default=Decimal("0.1")) == Decimal("1.0")
+
+
+def test_catalog_rejects_unknown_providers_and_duplicates() -> None:
+    good = model("0", "0")
+    with pytest.raises(ValueError, match="unknown provider"):
+        Catalog(providers=(), models=(good,))
+    from app.catalog.service import ProviderConfig
+
+    provider = ProviderConfig(name="p", base_url="http://p")
+    with pytest.raises(ValueError, match="unique"):
+        Catalog(providers=(provider,), models=(good, good))
