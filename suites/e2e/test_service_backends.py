@@ -1,0 +1,73 @@
+"""The same credit flow on Postgres from each backend: external URL, local binaries, Docker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from app.main import create_app
+from app.settings import Settings
+from harness.auditor import audit_url
+from harness.catalog import catalog_for_tests
+from harness.fakes.providers import FakeProvider, Reply
+from harness.fixtures.database import _admin, asyncpg_url, migrate
+from harness.fixtures.services import in_ci
+from harness.services import ServiceUnavailable, start_postgres
+from harness.services.base import run_sync
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(params=["external", "local", "docker"])
+def backend_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    try:
+        service = start_postgres(request.param)
+    except ServiceUnavailable as exc:
+        # Docker is optional everywhere; external and local are required under CI=true.
+        if in_ci() and request.param != "docker":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    name = f"cg_backend_{uuid.uuid4().hex[:8]}"
+    run_sync(_admin(service.url, f'CREATE DATABASE "{name}"'))
+    url = asyncpg_url(service.url, name)
+    migrate(url)
+    try:
+        yield url
+        report = audit_url(url)
+        assert report.ok, str(report)
+    finally:
+        run_sync(_admin(service.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        service.stop()
+
+
+async def test_credit_flow_on_each_backend(backend_database_url: str) -> None:
+    from app.auth import service as auth
+    from app.db.engine import create_engine, create_sessionmaker
+
+    engine = create_engine(backend_database_url)
+    async with create_sessionmaker(engine)() as session, session.begin():
+        user, _ = await auth.create_user(session, email="b@example.test", credits=100)
+        key = await auth.issue_key(session, user_id=user.id)
+    await engine.dispose()
+
+    fake = FakeProvider(default=Reply(prompt_tokens=100, completion_tokens=1000))
+    app = create_app(
+        Settings(_env_file=None, database_url=backend_database_url),
+        catalog=catalog_for_tests(),
+        upstream_transport=httpx.ASGITransport(app=fake.app),
+    )
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": "test-model", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://gw") as client,
+    ):
+        response = await client.post("/v1/chat/completions", json=body, headers=headers)
+        assert response.status_code == 200
+        # (0.1 × $0.001 + 1 × $0.002) × 1.5 / $0.01 = 0.315 → 0.4 credits
+        assert response.headers["X-Creditgate-Credits-Charged"] == "0.40"
+        assert (await client.get("/user/balance", headers=headers)).json()["balance"] == "99.60"
