@@ -9,6 +9,8 @@ GatewayError                      500  internal_error (never raised on purpose)
 ├── InsufficientCredits           402  insufficient_credits
 ├── Conflict                      409  conflict
 ├── ProviderUnavailable           502  provider_unavailable
+├── PaymentProviderError          502  payment_provider_error
+├── InvalidSignature              400  invalid_signature
 └── ServiceUnavailable            503  service_unavailable
 
 Services raise these and never ``HTTPException``; routes stay thin. Every error body is
@@ -78,6 +80,16 @@ class Conflict(GatewayError):
 class ProviderUnavailable(GatewayError):
     status_code = 502
     error_type = "provider_unavailable"
+
+
+class PaymentProviderError(GatewayError):
+    status_code = 502
+    error_type = "payment_provider_error"
+
+
+class InvalidSignature(GatewayError):
+    status_code = 400
+    error_type = "invalid_signature"
 
 
 class ServiceUnavailable(GatewayError):

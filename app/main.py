@@ -14,6 +14,8 @@ from redis.asyncio import Redis
 import app as app_pkg
 from app import errors_http
 from app.admin.routes import router as admin_router
+from app.billing.routes import router as billing_router
+from app.billing.stripe_client import build_client
 from app.catalog.routes import router as catalog_router
 from app.catalog.service import Catalog
 from app.db.engine import create_engine, create_sessionmaker
@@ -82,6 +84,7 @@ def create_app(
                 catalog=catalog,
                 http=http,
                 redis=redis,
+                stripe=build_client(settings),
             )
             sweeper = asyncio.create_task(
                 run_forever(app.state.runtime.sessionmaker, interval=settings.sweep_interval_seconds)
@@ -105,7 +108,7 @@ def create_app(
         lifespan=lifespan,
     )
     errors_http.install(app)
-    for router in (system_router, catalog_router, user_router, llm_router, admin_router):
+    for router in (system_router, catalog_router, user_router, llm_router, billing_router, admin_router):
         app.include_router(router)
     return app
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import httpx
+import stripe
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -20,3 +21,4 @@ class Runtime:
     catalog: Catalog
     http: httpx.AsyncClient
     redis: Redis | None = None
+    stripe: stripe.StripeClient | None = None

@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     demo: bool = False
     db_pool_size: int = Field(default=20, ge=1)
 
+    # Billing (Stripe). Without a secret key the billing routes answer 503.
+    stripe_secret_key: str | None = Field(default=None, repr=False)
+    stripe_webhook_secret: str | None = Field(default=None, repr=False)
+    stripe_api_base: str | None = Field(default=None, description="point the SDK elsewhere (a fake, a proxy)")
+    checkout_success_url: str = "http://localhost:8000/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    checkout_cancel_url: str = "http://localhost:8000/billing/cancel"
+    portal_return_url: str = "http://localhost:8000/"
+    min_topup_usd: Decimal = Field(default=Decimal(1), gt=0)
+    max_topup_usd: Decimal = Field(default=Decimal(10_000), gt=0)
+
     @field_validator("default_credit_increment")
     @classmethod
     def _increment_allowed(cls, value: Decimal) -> Decimal:

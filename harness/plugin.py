@@ -18,6 +18,7 @@ pytest_plugins = [
     "harness.fixtures.gateway",
     "harness.fixtures.factories",
     "harness.fixtures.live_server",
+    "harness.fixtures.billing",
 ]
 
 MARKERS = {

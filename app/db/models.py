@@ -73,6 +73,7 @@ class Account(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), unique=True, nullable=True)
     balance: Mapped[int] = mapped_column(BigInteger, default=0)  # hundredths of a credit
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -138,3 +139,36 @@ class UsageRecord(Base):
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)
     outcome: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Payment(Base):
+    """A Stripe Checkout top-up: what was promised, what was paid, what was taken back."""
+
+    __tablename__ = "payments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="RESTRICT"), index=True)
+    checkout_session_id: Mapped[str] = mapped_column(String(255), unique=True)
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True, nullable=True)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    credits: Mapped[int] = mapped_column(BigInteger)  # hundredths
+    status: Mapped[str] = mapped_column(String(32), default="pending")  # pending|paid|refunded|disputed|expired
+    refunded_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    disputed_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    reversed_credits: Mapped[int] = mapped_column(BigInteger, default=0)  # hundredths taken back so far
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class StripeEvent(Base):
+    """Every Stripe event applied, unique by id, written in the transaction of its effect."""
+
+    __tablename__ = "stripe_events"
+
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(128))
+    outcome: Mapped[str] = mapped_column(String(64))
+    # Set for a refund or dispute that arrived before its payment's completion; applied when it lands.
+    pending_payment_intent: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    payload: Mapped[str | None] = mapped_column(Text, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,1 @@
+"""Stripe top-ups: checkout, billing portal, signed idempotent webhooks, payment records."""

@@ -1,0 +1,238 @@
+"""app/billing/webhooks.py: signatures, duplicates, order, refunds and disputes — credited exactly once."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+import stripe
+
+from harness.fakes.stripe import StripeWebhooks, sign_payload
+from harness.fixtures.billing import FakeStripeServer
+from harness.fixtures.factories import TestUser, UserFactory
+
+pytestmark = pytest.mark.critical
+
+
+async def balance(client: httpx.AsyncClient, user: TestUser) -> str:
+    return str((await client.get("/user/balance", headers=user.headers)).json()["balance"])
+
+
+async def paid_checkout(client: httpx.AsyncClient, user: TestUser, fake: FakeStripeServer, usd: str) -> str:
+    checkout = (await client.post("/billing/checkout", json={"amount_usd": usd}, headers=user.headers)).json()
+    fake.complete(checkout["id"])
+    return str(checkout["id"])
+
+
+def payment_intent_of(fake: FakeStripeServer, session_id: str) -> str:
+    return str(fake.state.get(session_id)["payment_intent"])
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "garbage", "wrong-secret", "tampered", "too-old", "future", "not-json"],
+)
+async def test_bad_signatures_are_400_and_apply_nothing(
+    async_client: httpx.AsyncClient,
+    funded_user: TestUser,
+    fake_stripe: FakeStripeServer,
+    stripe_webhooks: StripeWebhooks,
+    case: str,
+) -> None:
+    await paid_checkout(async_client, funded_user, fake_stripe, "10")
+    event = stripe_webhooks.pending()[0]
+    now = int(time.time())
+    if case == "not-json":
+        payload = b"not json"
+        header = sign_payload(payload, secrets=[fake_stripe.webhook_secret])
+        response = await async_client.post("/billing/webhook", content=payload, headers={"Stripe-Signature": header})
+    else:
+        kwargs: dict[str, object] = {
+            "missing": {"signature": ""},
+            "garbage": {"signature": "t=abc,v1=nothex"},
+            "wrong-secret": {"secrets": ["whsec_someone_else"]},
+            "tampered": {"tamper": True},
+            "too-old": {"timestamp": now - 301},
+            "future": {"timestamp": now + 3600},
+        }[case]  # type: ignore[assignment]
+        response = await stripe_webhooks.send(event, **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_signature"
+    assert await balance(async_client, funded_user) == "1000.00"
+
+
+async def test_tolerance_edge_and_rotated_secrets_are_accepted(
+    async_client: httpx.AsyncClient,
+    funded_user: TestUser,
+    fake_stripe: FakeStripeServer,
+    stripe_webhooks: StripeWebhooks,
+) -> None:
+    await paid_checkout(async_client, funded_user, fake_stripe, "10")
+    event = stripe_webhooks.pending()[0]
+    ok = await stripe_webhooks.send(
+        event, timestamp=int(time.time()) - 290, secrets=["whsec_old", fake_stripe.webhook_secret]
+    )
+    assert ok.status_code == 200
+    assert await balance(async_client, funded_user) == "2000.00"
+
+
+def test_our_signer_matches_the_sdk_verifier() -> None:
+    payload = json.dumps({"id": "evt_1", "object": "event", "type": "x", "data": {"object": {}}}).encode()
+    now = int(time.time())
+    header = sign_payload(payload, secrets=["whsec_a", "whsec_b"], timestamp=now)
+    for secret in ("whsec_a", "whsec_b"):
+        assert stripe.Webhook.construct_event(payload, header, secret).id == "evt_1"
+    for bad in (
+        sign_payload(payload, secrets=["whsec_c"]),
+        sign_payload(payload, secrets=["whsec_a"], timestamp=now - 400),
+    ):
+        with pytest.raises(stripe.SignatureVerificationError):
+            stripe.Webhook.construct_event(payload, bad, "whsec_a")
+
+
+async def test_shuffled_triplicate_delivery_credits_each_payment_once(
+    async_client: httpx.AsyncClient,
+    user_factory: UserFactory,
+    fake_stripe: FakeStripeServer,
+    stripe_webhooks: StripeWebhooks,
+) -> None:
+    users = [await user_factory() for _ in range(3)]
+    for user, usd in zip(users, ("1", "2.50", "7"), strict=True):
+        await paid_checkout(async_client, user, fake_stripe, usd)
+    responses = await stripe_webhooks.deliver_pending(times=3, shuffle=True, seed=7)
+    assert {r.status_code for r in responses} == {200}
+    assert [await balance(async_client, u) for u in users] == ["100.00", "250.00", "700.00"]
+
+
+async def test_full_refund_takes_the_credits_back(
+    async_client: httpx.AsyncClient,
+    funded_user: TestUser,
+    fake_stripe: FakeStripeServer,
+    stripe_webhooks: StripeWebhooks,
+) -> None:
+    session_id = await paid_checkout(async_client, funded_user, fake_stripe, "10")
+    fake_stripe.state.create_refund({"payment_intent": payment_intent_of(fake_stripe, session_id)})
+    outcomes = [r.json()["outcome"] for r in await stripe_webhooks.deliver_pending(times=2)]
+    assert outcomes == ["credited", "duplicate", "reversed", "duplicate"]
+    assert await balance(async_client, funded_user) == "1000.00"
+    payment = (await async_client.get("/billing/payments", headers=funded_user.headers)).json()["data"][0]
+    assert (payment["status"], payment["refunded_usd"], payment["reversed_credits"]) == ("refunded", "10.00", "1000.00")
+
+
+async def test_partial_refunds_in_any_order_converge(
+    async_client: httpx.AsyncClient,
+    funded_user: TestUser,
+    fake_stripe: FakeStripeServer,
+    stripe_webhooks: StripeWebhooks,
+) -> None:
+    session_id = await paid_checkout(async_client, funded_user, fake_stripe, "10")
+    intent = payment_intent_of(fake_stripe, session_id)
+    fake_stripe.state.create_refund({"payment_intent": intent, "amount": "300"})
+    fake_stripe.state.create_refund({"payment_intent": intent, "amount": "200"})
+    completed, first, second = stripe_webhooks.pending()
+    for event in (completed, second, first, second):
+        assert (await stripe_webhooks.send(event)).status_code == 200
+    assert await balance(async_client, funded_user) == "1500.00"  # 1000 + 1000 − 500
+
+
+async def test_refund_before_completion_is_applied_when_the_credits_land(
+    async_client: httpx.AsyncClient,
+    funded_user: TestUser,
+    fake_stripe: FakeStripeServer,
+    stripe_webhooks: StripeWebhooks,
+) -> None:
+    session_id = await paid_checkout(async_client, funded_user, fake_stripe, "10")
+    fake_stripe.state.create_refund({"payment_intent": payment_intent_of(fake_stripe, session_id)})
+    completed, refunded = stripe_webhooks.pending()
+    assert (await stripe_webhooks.send(refunded)).json()["outcome"] == "recorded; applied when the payment completes"
+    assert await balance(async_client, funded_user) == "1000.00"
+    assert (await stripe_webhooks.send(completed)).json()["outcome"] == "credited"
+    assert (await stripe_webhooks.send(completed)).json()["outcome"] == "duplicate"
+    assert await balance(async_client, funded_user) == "1000.00"
+
+
+async def test_refund_after_spend_collects_what_it_can_and_the_ledger_balances(
+    async_client: httpx.AsyncClient,
+    user_factory: UserFactory,
+    fake_stripe: FakeStripeServer,
+    stripe_webhooks: StripeWebhooks,
+) -> None:
+    user = await user_factory()
+    session_id = await paid_checkout(async_client, user, fake_stripe, "10")
+    await stripe_webhooks.deliver_pending()
+    body = {"model": "test-model", "max_tokens": 100_000, "messages": [{"role": "user", "content": "spend"}]}
+    assert (await async_client.post("/v1/chat/completions", json=body, headers=user.headers)).status_code == 200
+    left = await balance(async_client, user)
+    fake_stripe.state.create_refund({"payment_intent": payment_intent_of(fake_stripe, session_id)})
+    outcome = (await stripe_webhooks.deliver_pending())[0].json()["outcome"]
+    assert left != "1000.00"
+    assert outcome == "partially reversed (credits already spent)"
+    assert await balance(async_client, user) == "0.00"
+    payment = (await async_client.get("/billing/payments", headers=user.headers)).json()["data"][0]
+    assert payment["reversed_credits"] == left
+
+
+async def test_dispute_before_completion_is_applied_when_the_credits_land(
+    async_client: httpx.AsyncClient,
+    funded_user: TestUser,
+    fake_stripe: FakeStripeServer,
+    stripe_webhooks: StripeWebhooks,
+) -> None:
+    """Found by the billing state machine: a dispute carries no metadata, so it must wait for its payment."""
+    session_id = await paid_checkout(async_client, funded_user, fake_stripe, "1")
+    charge = fake_stripe.state.get(payment_intent_of(fake_stripe, session_id))["latest_charge"]
+    fake_stripe.state.create_dispute({"charge": charge})
+    completed, disputed = stripe_webhooks.pending()
+    assert (await stripe_webhooks.send(disputed)).json()["outcome"] == "recorded; applied when the payment completes"
+    assert (await stripe_webhooks.send(completed)).json()["outcome"] == "credited"
+    assert await balance(async_client, funded_user) == "1000.00"
+
+
+async def test_dispute_reverses_the_disputed_amount(
+    async_client: httpx.AsyncClient,
+    funded_user: TestUser,
+    fake_stripe: FakeStripeServer,
+    stripe_webhooks: StripeWebhooks,
+) -> None:
+    session_id = await paid_checkout(async_client, funded_user, fake_stripe, "20")
+    charge = fake_stripe.state.get(payment_intent_of(fake_stripe, session_id))["latest_charge"]
+    fake_stripe.state.create_dispute({"charge": charge, "amount": "500"})
+    outcomes = [r.json()["outcome"] for r in await stripe_webhooks.deliver_pending()]
+    assert outcomes == ["credited", "reversed"]
+    assert await balance(async_client, funded_user) == "2500.00"  # 1000 + 2000 − 500
+    payment = (await async_client.get("/billing/payments", headers=funded_user.headers)).json()["data"][0]
+    assert payment["status"] == "disputed"
+
+
+async def test_unknown_and_foreign_events_are_ignored(
+    async_client: httpx.AsyncClient,
+    funded_user: TestUser,
+    fake_stripe: FakeStripeServer,
+    stripe_webhooks: StripeWebhooks,
+) -> None:
+    unknown = {"id": "evt_u", "object": "event", "type": "customer.created", "data": {"object": {}}}
+    assert (await stripe_webhooks.send(unknown)).json()["outcome"] == "ignored"
+    foreign = {
+        "id": "evt_f",
+        "object": "event",
+        "type": "checkout.session.completed",
+        "data": {"object": {"id": "cs_foreign", "payment_status": "paid", "metadata": {}}},
+    }
+    assert (await stripe_webhooks.send(foreign)).json()["outcome"] == "unknown session"
+    unpaid = {
+        "id": "evt_p",
+        "object": "event",
+        "type": "checkout.session.completed",
+        "data": {"object": {"id": "cs_x", "payment_status": "unpaid"}},
+    }
+    assert (await stripe_webhooks.send(unpaid)).json()["outcome"] == "not paid yet"
+    refund = {
+        "id": "evt_r",
+        "object": "event",
+        "type": "charge.refunded",
+        "data": {"object": {"id": "ch_x", "amount_refunded": 100}},
+    }
+    assert (await stripe_webhooks.send(refund)).json()["outcome"] == "unknown charge"
+    assert await balance(async_client, funded_user) == "1000.00"
