@@ -16,12 +16,16 @@ from app import errors_http
 from app.admin.routes import router as admin_router
 from app.billing.routes import router as billing_router
 from app.billing.stripe_client import build_client
+from app.byok.routes import router as byok_router
 from app.catalog.routes import router as catalog_router
 from app.catalog.service import Catalog
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.migrate import current_revision, head_revision
 from app.ledger.sweeper import run_forever
+from app.llm.images import router as images_router
+from app.llm.messages import router as messages_router
 from app.llm.routes import router as llm_router
+from app.providers.router import ProviderPool
 from app.runtime import Runtime
 from app.settings import Settings
 from app.system.routes import router as system_router
@@ -83,6 +87,12 @@ def create_app(
                 sessionmaker=create_sessionmaker(engine),
                 catalog=catalog,
                 http=http,
+                providers=ProviderPool(
+                    http,
+                    catalog,
+                    threshold=settings.breaker_threshold,
+                    cooldown=settings.breaker_cooldown_seconds,
+                ),
                 redis=redis,
                 stripe=build_client(settings),
             )
@@ -108,7 +118,17 @@ def create_app(
         lifespan=lifespan,
     )
     errors_http.install(app)
-    for router in (system_router, catalog_router, user_router, llm_router, billing_router, admin_router):
+    for router in (
+        system_router,
+        catalog_router,
+        user_router,
+        byok_router,
+        llm_router,
+        messages_router,
+        images_router,
+        billing_router,
+        admin_router,
+    ):
         app.include_router(router)
     return app
 

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.catalog.service import Catalog
+from app.providers.router import ProviderPool
 from app.settings import Settings
 
 
@@ -20,5 +21,6 @@ class Runtime:
     sessionmaker: async_sessionmaker[AsyncSession]
     catalog: Catalog
     http: httpx.AsyncClient
+    providers: ProviderPool
     redis: Redis | None = None
     stripe: stripe.StripeClient | None = None

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     demo: bool = False
     db_pool_size: int = Field(default=20, ge=1)
 
+    breaker_threshold: int = Field(default=5, ge=1, description="consecutive failures that open a provider's circuit")
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    byok_encryption_key: str | None = Field(default=None, repr=False, description="Fernet key for stored BYOK keys")
+
     # Billing (Stripe). Without a secret key the billing routes answer 503.
     stripe_secret_key: str | None = Field(default=None, repr=False)
     stripe_webhook_secret: str | None = Field(default=None, repr=False)

@@ -33,8 +33,9 @@ def credits_for(
     margin: Decimal,
     credit_value_usd: Decimal,
     increment: Decimal,
+    images: int = 0,
 ) -> Decimal:
-    cost = model.cost_usd(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    cost = model.cost_usd(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, images=images)
     return charge_for_cost(cost_usd=cost, margin=margin, credit_value_usd=credit_value_usd, increment=increment)
 
 

@@ -34,6 +34,7 @@ class ProviderInfo(BaseModel):
     name: str
     kind: str
     configured: bool
+    circuit: str
     models: list[str]
 
 
@@ -61,13 +62,14 @@ async def models(rt: RuntimeDep) -> ModelList:
 
 @router.get("/providers", response_model=ProviderList)
 async def providers(rt: RuntimeDep) -> ProviderList:
-    """Every provider, whether it has an API key, and the models it serves."""
+    """Every provider, whether it has an API key, its circuit (closed/opened/half-opened) and its models."""
     return ProviderList(
         data=[
             ProviderInfo(
                 name=p.name,
                 kind=p.kind,
                 configured=p.resolve_key() is not None,
+                circuit=await rt.providers.state(p.name),
                 models=[m.id for m in rt.catalog.models if any(r.provider == p.name for r in m.providers)],
             )
             for p in rt.catalog.providers

@@ -40,14 +40,17 @@ class ModelConfig(BaseModel):
 
     id: str
     owned_by: str = "creditgate"
-    input_per_1k: Decimal = Field(ge=0, description="USD per 1,000 prompt tokens")
-    output_per_1k: Decimal = Field(ge=0, description="USD per 1,000 completion tokens")
+    input_per_1k: Decimal = Field(default=Decimal(0), ge=0, description="USD per 1,000 prompt tokens")
+    output_per_1k: Decimal = Field(default=Decimal(0), ge=0, description="USD per 1,000 completion tokens")
     default_max_tokens: int = Field(default=4096, ge=1)
     max_output_tokens: int = Field(default=16384, ge=1)
+    per_image: Decimal | None = Field(default=None, ge=0, description="USD per generated image (image models)")
+    image_sizes: tuple[str, ...] = ("1024x1024",)
     providers: tuple[ModelRoute, ...] = Field(min_length=1)
 
-    def cost_usd(self, *, prompt_tokens: int, completion_tokens: int) -> Decimal:
-        return (self.input_per_1k * prompt_tokens + self.output_per_1k * completion_tokens) / 1000
+    def cost_usd(self, *, prompt_tokens: int, completion_tokens: int, images: int = 0) -> Decimal:
+        tokens = (self.input_per_1k * prompt_tokens + self.output_per_1k * completion_tokens) / 1000
+        return tokens + (self.per_image or Decimal(0)) * images
 
 
 class Catalog(BaseModel):

@@ -33,6 +33,7 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = Field(default=None, ge=1, le=1, description="only n=1 is supported")
     stream: bool = False
+    stream_options: dict[str, Any] | None = None
     user: str | None = None
 
     def output_limit(self) -> int | None:

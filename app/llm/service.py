@@ -1,33 +1,39 @@
-"""One chat request, straight down: price → hold → provider → settle (or release) → usage record.
+"""Chat requests, straight down: price → hold → providers → settle (or release) → usage record.
 
-The provider call never runs inside a database transaction. If anything between hold and
-settle fails — the providers, a bug, the client going away — the hold is released in a shielded
-block, and the sweeper releases it anyway if the process dies.
+The provider call never runs inside a database transaction; ``Meter`` (app/llm/metering.py) makes
+sure every hold is settled or released exactly once.
 
-Charging rule (non-streaming): the upstream ``usage`` prices the request; without ``usage`` the
-gateway charges its own estimate of the prompt plus the returned text. The charge never exceeds
-the hold, which was the most the client agreed to spend (``max_tokens`` at the output price).
+Charging rules
+- Non-streaming: the upstream ``usage`` prices the request; without it, the gateway's estimate of
+  the prompt plus the returned text. Never above the hold (``max_tokens`` at the output price).
+- Streaming: the gateway asks upstream for the final usage chunk and charges it. If the stream
+  ends without one — upstream cut mid-way, no usage sent, or the client disconnected — it charges
+  the prompt estimate plus the text actually delivered so far; if no text was delivered at all,
+  nothing. Never above the hold.
+- Every provider failing, or a 4xx the provider blamed on the request: nothing charged.
+- BYOK (the user's own key for the provider): 0 credits, usage still recorded.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
-import uuid
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 from decimal import Decimal
 
+from httpx_sse import EventSource
 from pydantic import ValidationError
 
 from app.auth.service import Principal
+from app.byok.service import keys_for
 from app.catalog import pricing
-from app.db.models import UsageRecord
-from app.errors import InsufficientCredits, InvalidRequest, ProviderUnavailable
-from app.ledger import service as ledger
+from app.catalog.service import ModelConfig
+from app.errors import InvalidRequest, ProviderUnavailable
+from app.llm.metering import Meter
 from app.llm.schemas import ChatCompletionRequest, ChatCompletionResponse
-from app.money import to_hundredths
-from app.providers import router
+from app.providers.router import is_chat_completion, openai_only
 from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -41,48 +47,52 @@ class ChatResult:
     provider: str
 
 
-async def chat_completion(rt: Runtime, principal: Principal, request: ChatCompletionRequest) -> ChatResult:
-    if request.stream:
-        raise InvalidRequest("stream=true is not supported by this gateway yet; send stream=false")
+@dataclass(frozen=True, slots=True)
+class StreamResult:
+    chunks: AsyncIterator[bytes]
+    request_id: str
+    provider: str
+
+
+def _limits(rt: Runtime, request: ChatCompletionRequest) -> tuple[ModelConfig, int, int]:
     model = rt.catalog.model(request.model)
+    if model.per_image is not None:
+        raise InvalidRequest(f"{model.id} is an image model: use /v1/images/generations", param="model")
     max_tokens = request.output_limit() or model.default_max_tokens
     if max_tokens > model.max_output_tokens:
         raise InvalidRequest(
-            f"max_tokens {max_tokens} exceeds {model.id}'s limit of {model.max_output_tokens}",
-            param="max_tokens",
+            f"max_tokens {max_tokens} exceeds {model.id}'s limit of {model.max_output_tokens}", param="max_tokens"
         )
-    prompt_estimate = pricing.estimate_prompt_tokens([m.text() for m in request.messages])
-    request_id = uuid.uuid4().hex
-    price = {"margin": rt.settings.margin, "credit_value_usd": rt.settings.credit_value_usd}
+    return model, max_tokens, pricing.estimate_prompt_tokens([m.text() for m in request.messages])
 
-    async with rt.sessionmaker() as session, session.begin():
-        increment = await pricing.current_increment(session, default=rt.settings.default_credit_increment)
-        worst_case = pricing.credits_for(
-            model, prompt_tokens=prompt_estimate, completion_tokens=max_tokens, increment=increment, **price
-        )
-        try:
-            hold = await ledger.place_hold(
-                session,
-                account_id=principal.account_id,
-                amount=worst_case,
-                request_id=request_id,
-                ttl=timedelta(seconds=rt.settings.hold_ttl_seconds),
-            )
-        except InsufficientCredits as exc:
-            balance = Decimal(exc.extra["balance"])
-            exc.extra["max_affordable_tokens"] = pricing.max_affordable_tokens(
-                model, balance=balance, prompt_tokens=prompt_estimate, increment=increment, **price
-            )
-            raise
-    hold_id = hold.id
 
-    settled = False
+async def user_keys_for(rt: Runtime, principal: Principal, model: ModelConfig) -> dict[str, str]:
+    wanted = {r.provider for r in model.providers}
+    async with rt.sessionmaker() as session:
+        keys = await keys_for(session, user_id=principal.user_id, settings=rt.settings)
+    return {name: key for name, key in keys.items() if name in wanted}
+
+
+def _payload(request: ChatCompletionRequest, max_tokens: int) -> dict[str, object]:
+    payload = request.model_dump(exclude_none=True)
+    payload["max_tokens"] = max_tokens
+    payload.pop("max_completion_tokens", None)
+    return payload
+
+
+async def chat_completion(rt: Runtime, principal: Principal, request: ChatCompletionRequest) -> ChatResult:
+    model, max_tokens, prompt_estimate = _limits(rt, request)
+    user_keys = await user_keys_for(rt, principal, model)
+    meter = await Meter.open(
+        rt, principal, model, prompt_estimate=prompt_estimate, max_tokens=max_tokens, byok=bool(user_keys)
+    )
     try:
-        payload = request.model_dump(exclude_none=True)
-        payload["max_tokens"] = max_tokens
-        payload.pop("max_completion_tokens", None)
-        upstream = await router.chat_completion(
-            rt.http, catalog=rt.catalog, model=model, payload=payload, timeout=rt.settings.upstream_timeout_seconds
+        upstream = await rt.providers.post_json(
+            model=model,
+            build=openai_only("/chat/completions", _payload(request, max_tokens)),
+            timeout=rt.settings.upstream_timeout_seconds,
+            valid=is_chat_completion,
+            user_keys=user_keys,
         )
         try:
             response = ChatCompletionResponse.model_validate({**upstream.body, "model": model.id})
@@ -93,59 +103,94 @@ async def chat_completion(rt: Runtime, principal: Principal, request: ChatComple
                 attempts=[{"provider": upstream.provider, "outcome": "malformed response"}],
             ) from exc
         if response.usage is not None:
-            prompt_tokens, completion_tokens = response.usage.prompt_tokens, response.usage.completion_tokens
+            prompt, completion = response.usage.prompt_tokens, response.usage.completion_tokens
         else:
-            prompt_tokens = prompt_estimate
-            completion_tokens = pricing.estimate_prompt_tokens([c.message.content or "" for c in response.choices])
-        charge = pricing.credits_for(
-            model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            increment=increment,
-            **price,
+            prompt = prompt_estimate
+            completion = pricing.estimate_prompt_tokens([c.message.content or "" for c in response.choices])
+        charged = await meter.settle(
+            charge=meter.price(prompt_tokens=prompt, completion_tokens=completion),
+            provider=upstream.provider,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            latency_ms=upstream.latency_ms,
         )
-        async with rt.sessionmaker() as session, session.begin():
-            result = await ledger.settle_hold(
-                session, hold_id=hold_id, charge=charge, description=f"{model.id} via {upstream.provider}"
-            )
-            session.add(
-                UsageRecord(
-                    request_id=request_id,
-                    user_id=principal.user_id,
-                    model=model.id,
-                    provider=upstream.provider,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    credits=to_hundredths(result.charged),
-                    latency_ms=upstream.latency_ms,
-                    outcome="ok",
-                )
-            )
-        settled = True
-        return ChatResult(response, request_id, result.charged, upstream.provider)
+        return ChatResult(response, meter.request_id, charged, upstream.provider)
     finally:
-        if not settled:
-            await asyncio.shield(
-                _release(rt, hold_id=hold_id, request_id=request_id, principal=principal, model_id=model.id)
-            )
+        await meter.release()  # no-op once settled
 
 
-async def _release(rt: Runtime, *, hold_id: int, request_id: str, principal: Principal, model_id: str) -> None:
+async def chat_stream(rt: Runtime, principal: Principal, request: ChatCompletionRequest) -> StreamResult:
+    """Open the upstream stream (failover happens before the first byte) and meter what flows through."""
+    model, max_tokens, prompt_estimate = _limits(rt, request)
+    user_keys = await user_keys_for(rt, principal, model)
+    meter = await Meter.open(
+        rt, principal, model, prompt_estimate=prompt_estimate, max_tokens=max_tokens, byok=bool(user_keys)
+    )
+    client_wants_usage = bool((request.stream_options or {}).get("include_usage"))
+    payload = _payload(request, max_tokens)
+    payload["stream_options"] = {"include_usage": True}
+    started = time.perf_counter()
     try:
-        async with rt.sessionmaker() as session, session.begin():
-            await ledger.release_hold(session, hold_id=hold_id)
-            session.add(
-                UsageRecord(
-                    request_id=request_id,
-                    user_id=principal.user_id,
-                    model=model_id,
-                    provider=None,
-                    prompt_tokens=0,
-                    completion_tokens=0,
-                    credits=0,
-                    latency_ms=0,
-                    outcome="failed",
-                )
+        upstream = await rt.providers.open_stream(
+            model=model,
+            path="/chat/completions",
+            payload=payload,
+            timeout=rt.settings.upstream_timeout_seconds,
+            user_keys=user_keys,
+        )
+    except BaseException:
+        await meter.release()
+        raise
+
+    async def relay() -> AsyncIterator[bytes]:
+        delivered: list[str] = []
+        usage: dict[str, int] | None = None
+        outcome = "cut"
+        try:
+            async for event in EventSource(upstream.response).aiter_sse():
+                if event.data.strip() == "[DONE]":
+                    outcome = "ok"
+                    yield b"data: [DONE]\n\n"
+                    break
+                try:
+                    chunk = json.loads(event.data)
+                except ValueError:
+                    continue  # a malformed line is dropped, not forwarded
+                if not isinstance(chunk, dict):
+                    continue
+                if isinstance(chunk.get("usage"), dict):
+                    usage = chunk["usage"]
+                    if not client_wants_usage:
+                        if not chunk.get("choices"):
+                            continue
+                        chunk.pop("usage")
+                for choice in chunk.get("choices") or []:
+                    text = (choice.get("delta") or {}).get("content")
+                    if isinstance(text, str):
+                        delivered.append(text)
+                chunk["model"] = model.id
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+        except Exception:
+            log.warning("stream from %s broke off", upstream.provider, exc_info=True)
+        except BaseException:  # the client went away (cancellation): charge what was delivered
+            outcome = "client_disconnected"
+            raise
+        finally:
+            await upstream.response.aclose()
+            if usage is not None:
+                prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+                outcome = "ok" if outcome == "ok" else outcome
+            elif delivered:
+                prompt, completion = prompt_estimate, pricing.estimate_prompt_tokens(["".join(delivered)])
+            else:
+                prompt, completion = 0, 0
+            await meter.settle(
+                charge=meter.price(prompt_tokens=prompt, completion_tokens=completion),
+                provider=upstream.provider,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                latency_ms=int((time.perf_counter() - started) * 1000),
+                outcome=outcome if usage is None or outcome != "cut" else "ok_no_done",
             )
-    except Exception:  # the sweeper releases it at expiry
-        log.exception("could not release hold %s; the sweeper will", hold_id)
+
+    return StreamResult(relay(), meter.request_id, upstream.provider)

@@ -10,8 +10,17 @@ from app.auth.deps import PrincipalDep, SessionDep
 from app.errors_http import ERROR_RESPONSES
 from app.ledger import repository
 from app.ledger import service as ledger
+from app.llm import usage_repository
 from app.money import from_hundredths
-from app.users.schemas import Balance, IsoDateTime, Transaction, TransactionPage, TransactionSummary
+from app.users.schemas import (
+    Balance,
+    IsoDateTime,
+    Transaction,
+    TransactionPage,
+    TransactionSummary,
+    UsageOut,
+    UsagePage,
+)
 
 router = APIRouter(prefix="/user", tags=["user"], responses=ERROR_RESPONSES(401))
 
@@ -73,3 +82,34 @@ async def transactions_summary(
         start=start,
         end=end,
     )
+
+
+@router.get("/usage", response_model=UsagePage, responses=ERROR_RESPONSES(422))
+async def usage(
+    principal: PrincipalDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    start: Annotated[IsoDateTime | None, Query(description="inclusive, ISO 8601")] = None,
+    end: Annotated[IsoDateTime | None, Query(description="exclusive, ISO 8601")] = None,
+) -> UsagePage:
+    """Every request you made (model, provider, tokens, credits, latency, BYOK, outcome), newest first."""
+    rows, total = await usage_repository.page(
+        session, user_id=principal.user_id, limit=limit, offset=offset, start=start, end=end
+    )
+    data = [
+        UsageOut(
+            request_id=r.request_id,
+            model=r.model,
+            provider=r.provider,
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+            credits=from_hundredths(r.credits),
+            latency_ms=r.latency_ms,
+            outcome=r.outcome,
+            byok=r.byok,
+            created_at=r.created_at,
+        )
+        for r in rows
+    ]
+    return UsagePage(data=data, total=total, limit=limit, offset=offset)

@@ -55,3 +55,23 @@ class TransactionSummary(BaseModel):
     net_balance: Credits
     start: datetime | None
     end: datetime | None
+
+
+class UsageOut(BaseModel):
+    request_id: str
+    model: str
+    provider: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    credits: Credits
+    latency_ms: int
+    outcome: str
+    byok: bool
+    created_at: datetime
+
+
+class UsagePage(BaseModel):
+    data: list[UsageOut]
+    total: int
+    limit: int
+    offset: int

@@ -108,7 +108,7 @@ async def test_unknown_model_names_the_list_endpoint(async_client: httpx.AsyncCl
         {"model": "test-model", "messages": [{"role": "wizard", "content": "x"}]},
         {"model": "test-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
         {"model": "test-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**9},
-        {"model": "test-model", "messages": [{"role": "user", "content": "x"}], "stream": True},
+        {"model": "dall-e-3", "messages": [{"role": "user", "content": "x"}]},
         {"model": "test-model", "messages": "hi"},
     ],
 )

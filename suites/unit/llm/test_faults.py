@@ -54,7 +54,7 @@ async def test_response_without_choices_shape_charges_nothing(
     async def broken(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"choices": [{"oops": True}]})
 
-    runtime.http = httpx.AsyncClient(transport=httpx.MockTransport(broken))  # an upstream answering nonsense
+    runtime.providers.http = httpx.AsyncClient(transport=httpx.MockTransport(broken))  # answers nonsense
     response = await async_client.post(CHAT, json=body(), headers=funded_user.headers)
     assert response.status_code == 502
     assert await balance(async_client, funded_user) == Decimal("1000.00")

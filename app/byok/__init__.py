@@ -1,0 +1,1 @@
+"""Bring your own key: a user's provider keys, encrypted at rest."""

@@ -1,0 +1,153 @@
+"""Hold before the provider call, settle or release after — once, even if the client goes away.
+
+``Meter.open`` holds the worst case (402 with what is affordable if it cannot); ``settle`` charges
+the actual cost (never above the hold) and writes the usage record in the same transaction;
+``release`` gives the hold back. Both run shielded from cancellation, so a client disconnect in
+the middle of a stream still settles. A BYOK request holds nothing and is charged 0, but its
+usage is recorded all the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+
+import anyio
+
+from app.auth.service import Principal
+from app.catalog import pricing
+from app.catalog.service import ModelConfig
+from app.db.models import UsageRecord
+from app.errors import InsufficientCredits
+from app.ledger import service as ledger
+from app.money import to_hundredths
+from app.runtime import Runtime
+
+log = logging.getLogger(__name__)
+ZERO = Decimal("0.00")
+
+
+@dataclass
+class Meter:
+    rt: Runtime
+    principal: Principal
+    model: ModelConfig
+    increment: Decimal
+    prompt_estimate: int
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    hold_id: int | None = None
+    byok: bool = False
+    closed: bool = False
+
+    def price(self, *, prompt_tokens: int, completion_tokens: int, images: int = 0) -> Decimal:
+        """What these tokens (or images) cost in credits, rounded up to the increment."""
+        if self.byok:
+            return ZERO
+        return pricing.credits_for(
+            self.model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            images=images,
+            margin=self.rt.settings.margin,
+            credit_value_usd=self.rt.settings.credit_value_usd,
+            increment=self.increment,
+        )
+
+    @classmethod
+    async def open(
+        cls,
+        rt: Runtime,
+        principal: Principal,
+        model: ModelConfig,
+        *,
+        prompt_estimate: int,
+        max_tokens: int = 0,
+        images: int = 0,
+        byok: bool = False,
+    ) -> Meter:
+        """Hold the most this request can cost; ``InsufficientCredits`` (402) if the balance is short."""
+        async with rt.sessionmaker() as session, session.begin():
+            increment = await pricing.current_increment(session, default=rt.settings.default_credit_increment)
+            meter = cls(rt, principal, model, increment, prompt_estimate, byok=byok)
+            if byok:
+                return meter
+            worst = meter.price(prompt_tokens=prompt_estimate, completion_tokens=max_tokens, images=images)
+            try:
+                hold = await ledger.place_hold(
+                    session,
+                    account_id=principal.account_id,
+                    amount=worst,
+                    request_id=meter.request_id,
+                    ttl=timedelta(seconds=rt.settings.hold_ttl_seconds),
+                )
+            except InsufficientCredits as exc:
+                if not images:
+                    exc.extra["max_affordable_tokens"] = pricing.max_affordable_tokens(
+                        model,
+                        balance=Decimal(exc.extra["balance"]),
+                        prompt_tokens=prompt_estimate,
+                        margin=rt.settings.margin,
+                        credit_value_usd=rt.settings.credit_value_usd,
+                        increment=increment,
+                    )
+                raise
+            meter.hold_id = hold.id
+            return meter
+
+    async def settle(
+        self,
+        *,
+        charge: Decimal,
+        provider: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        latency_ms: int,
+        outcome: str = "ok",
+    ) -> Decimal:
+        """Charge ``charge`` (capped at the hold), release the rest, record the usage. Returns what was charged."""
+        if self.closed:
+            return ZERO
+        self.closed = True
+        with anyio.CancelScope(shield=True):
+            async with self.rt.sessionmaker() as session, session.begin():
+                charged = ZERO
+                if self.hold_id is not None:
+                    result = await ledger.settle_hold(
+                        session, hold_id=self.hold_id, charge=charge, description=f"{self.model.id} via {provider}"
+                    )
+                    charged = result.charged
+                session.add(self._usage(provider, prompt_tokens, completion_tokens, charged, latency_ms, outcome))
+        return charged
+
+    async def release(self, *, provider: str | None = None, outcome: str = "failed") -> None:
+        """Give the whole hold back (a failed request costs nothing) and record the attempt."""
+        if self.closed:
+            return
+        self.closed = True
+        with anyio.CancelScope(shield=True):
+            try:
+                async with self.rt.sessionmaker() as session, session.begin():
+                    if self.hold_id is not None:
+                        await ledger.release_hold(session, hold_id=self.hold_id)
+                    session.add(self._usage(provider, 0, 0, ZERO, 0, outcome))
+            except Exception:  # the sweeper releases it at expiry
+                log.exception("could not release hold %s; the sweeper will", self.hold_id)
+
+    def _usage(
+        self, provider: str | None, prompt: int, completion: int, charged: Decimal, latency_ms: int, outcome: str
+    ) -> UsageRecord:
+        return UsageRecord(
+            request_id=self.request_id,
+            user_id=self.principal.user_id,
+            model=self.model.id,
+            provider=provider,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            credits=to_hundredths(charged),
+            latency_ms=latency_ms,
+            outcome=outcome,
+            byok=self.byok,
+        )
