@@ -166,7 +166,7 @@ async def chat_stream(rt: Runtime, principal: Principal, request: ChatCompletion
                         chunk.pop("usage")
                 for choice in chunk.get("choices") or []:
                     text = (choice.get("delta") or {}).get("content")
-                    if isinstance(text, str):
+                    if isinstance(text, str) and text:
                         delivered.append(text)
                 chunk["model"] = model.id
                 yield f"data: {json.dumps(chunk)}\n\n".encode()

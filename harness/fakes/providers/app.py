@@ -35,6 +35,7 @@ class Reply:
     completion_tokens: int | None = None
     include_usage: bool = True
     latency: float = 0.0
+    chunk_delay: float = 0.0  # seconds between streamed chunks
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +220,8 @@ class FakeProvider:
             if cut is not None and i >= cut.after_chunks:
                 return
             text = word if i == 0 else " " + word
+            if reply.chunk_delay:
+                await asyncio.sleep(reply.chunk_delay)
             yield _sse({**base, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
         yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         options = body.get("stream_options") or {}
