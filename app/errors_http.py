@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.errors import GatewayError
 
@@ -68,8 +69,21 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return _json(422, {"error": {"type": "invalid_request", "message": message, "details": details}})
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def _allowed_methods(request: Request) -> str:
+    """Every method any route on this path accepts (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "__none__"})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        body = {"error": {"type": "method_not_allowed", "message": str(exc.detail)}}
+        return _json(405, body, {"Allow": _allowed_methods(request)})
     if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. bytes that are not UTF-8)
         return _json(422, {"error": {"type": "invalid_request", "message": str(exc.detail)}})
     kinds = {404: "not_found", 405: "method_not_allowed"}

@@ -8,12 +8,14 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from app.auth import service as auth
 from app.db.engine import create_engine, create_sessionmaker
 from harness.auditor import audit_url
 from harness.catalog import catalog_for_tests
 from harness.fakes.providers import FakeProvider
+from harness.fakes.stripe import FakeStripe
 from harness.fixtures.database import migrate
 from harness.fixtures.live_server import LiveServer, ThreadedServer, start_gateway
 from harness.services.base import run_sync
@@ -48,15 +50,23 @@ def contract_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contr
     migrate(url)
     admin_key, user_key = run_sync(_keys(url))
     fake = ThreadedServer(FakeProvider().app).start()
+    stripe = ThreadedServer(FakeStripe(api_key="sk_test_contract").app).start()
     catalog = Path(root / "catalog.json")
     catalog.write_text(catalog_for_tests(f"{fake.url}/v1").model_dump_json())
-    server = start_gateway(
-        env={"CREDITGATE_DATABASE_URL": url, "CREDITGATE_CATALOG": str(catalog)}, log_path=root / "gateway.log"
-    )
+    env = {
+        "CREDITGATE_DATABASE_URL": url,
+        "CREDITGATE_CATALOG": str(catalog),
+        "CREDITGATE_STRIPE_SECRET_KEY": "sk_test_contract",
+        "CREDITGATE_STRIPE_WEBHOOK_SECRET": "whsec_contract",
+        "CREDITGATE_STRIPE_API_BASE": stripe.url,
+        "CREDITGATE_BYOK_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+    }
+    server = start_gateway(env=env, log_path=root / "gateway.log")
     try:
         yield ContractGateway(server, url, admin_key, user_key)
     finally:
         server.stop()
         fake.stop()
+        stripe.stop()
     report = audit_url(url)
     assert report.ok, str(report)
