@@ -25,6 +25,7 @@ from app.ledger.sweeper import run_forever
 from app.llm.images import router as images_router
 from app.llm.messages import router as messages_router
 from app.llm.routes import router as llm_router
+from app.orgs.routes import router as orgs_router
 from app.providers.router import ProviderPool
 from app.runtime import Runtime
 from app.settings import Settings
@@ -123,6 +124,7 @@ def create_app(
         catalog_router,
         user_router,
         byok_router,
+        orgs_router,
         llm_router,
         messages_router,
         images_router,

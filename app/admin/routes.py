@@ -6,7 +6,7 @@ from decimal import Decimal
 from typing import Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from sqlalchemy.exc import IntegrityError
 
 from app.auth import service as auth
@@ -15,13 +15,15 @@ from app.errors import NotFound
 from app.errors_http import ERROR_RESPONSES
 from app.ledger import service as ledger
 from app.money import credits, from_hundredths
+from app.orgs import service as orgs
 from app.users.schemas import Credits
 
 router = APIRouter(prefix="/admin", tags=["admin"], responses=ERROR_RESPONSES(401, 403))
 
 
 class CreditGrant(BaseModel):
-    email: str = Field(min_length=3, max_length=320)
+    email: str | None = Field(default=None, min_length=3, max_length=320, description="a user's account, or…")
+    org_id: int | None = Field(default=None, ge=1, description="…an organization's account")
     amount: Decimal = Field(description="credits, two decimals at most; negative only for adjustment")
     type: Literal["bonus", "adjustment"] = "bonus"
     idempotency_key: str = Field(min_length=1, max_length=200)
@@ -33,6 +35,12 @@ class CreditGrant(BaseModel):
         if abs(value) > Decimal("1e12"):
             raise ValueError("amount is too large")
         return credits(value)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CreditGrant:
+        if (self.email is None) == (self.org_id is None):
+            raise ValueError("give exactly one of email or org_id")
+        return self
 
 
 class CreditGrantResult(BaseModel):
@@ -53,10 +61,13 @@ async def grant_credits(body: CreditGrant, _: AdminDep, rt: RuntimeDep) -> Credi
 
 async def _grant(rt: RuntimeDep, body: CreditGrant) -> CreditGrantResult:
     async with rt.sessionmaker() as session, session.begin():
-        user = await auth.find_user(session, email=body.email)
-        if user is None:
-            raise NotFound(f"no user with email {body.email!r}")
-        account_id = await auth.account_id_of(session, user_id=user.id)
+        if body.org_id is not None:
+            account_id = await orgs.org_account_id(session, body.org_id)
+        else:
+            user = await auth.find_user(session, email=str(body.email))
+            if user is None:
+                raise NotFound(f"no user with email {body.email!r}")
+            account_id = await auth.account_id_of(session, user_id=user.id)
         entry, created = await ledger.post_entry(
             session,
             account_id=account_id,

@@ -10,7 +10,7 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Account, ApiKey, User
+from app.db.models import Account, ApiKey, Membership, User
 from app.errors import Conflict
 from app.ledger import service as ledger
 
@@ -23,8 +23,17 @@ class Principal:
 
     user_id: int
     email: str
-    account_id: int
+    account_id: int  # the account requests are charged to: the org's for an org member
     is_admin: bool
+    personal_account_id: int = 0
+    org_id: int | None = None
+    membership_id: int | None = None
+    org_role: str | None = None
+
+    @property
+    def quota_subject(self) -> str:
+        """Whose monthly call quota a request counts against."""
+        return f"org:{self.org_id}" if self.org_id is not None else f"user:{self.user_id}"
 
 
 def hash_key(key: str) -> str:
@@ -77,7 +86,27 @@ async def authenticate(session: AsyncSession, key: str) -> Principal | None:
     ).one_or_none()
     if row is None:
         return None
-    return Principal(user_id=row.id, email=row.email, account_id=row.account_id, is_admin=row.is_admin)
+    return await principal_for(
+        session, user_id=row.id, email=row.email, is_admin=row.is_admin, personal_account_id=row.account_id
+    )
+
+
+async def principal_for(
+    session: AsyncSession, *, user_id: int, email: str, is_admin: bool, personal_account_id: int
+) -> Principal:
+    """A member of an org spends the org's account; everyone else their own."""
+    member = (
+        await session.execute(
+            select(Membership.id, Membership.org_id, Membership.role, Account.id.label("org_account"))
+            .join(Account, Account.org_id == Membership.org_id)
+            .where(Membership.user_id == user_id)
+        )
+    ).one_or_none()
+    if member is None:
+        return Principal(user_id, email, personal_account_id, is_admin, personal_account_id)
+    return Principal(
+        user_id, email, member.org_account, is_admin, personal_account_id, member.org_id, member.id, member.role
+    )
 
 
 async def account_id_of(session: AsyncSession, *, user_id: int) -> int:

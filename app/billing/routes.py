@@ -15,6 +15,7 @@ from app.billing import service, webhooks
 from app.errors import InvalidRequest, ServiceUnavailable
 from app.errors_http import ERROR_RESPONSES
 from app.money import from_hundredths
+from app.orgs import service as orgs
 from app.users.schemas import Credits
 
 router = APIRouter(prefix="/billing", tags=["billing"])
@@ -22,6 +23,7 @@ router = APIRouter(prefix="/billing", tags=["billing"])
 
 class CheckoutRequest(BaseModel):
     amount_usd: Decimal = Field(description='dollars, whole cents, e.g. "10.00"', max_digits=12)
+    org_id: int | None = Field(default=None, ge=1, description="top up this organization (its admins only)")
 
     @field_validator("amount_usd")
     @classmethod
@@ -76,11 +78,16 @@ async def checkout(body: CheckoutRequest, principal: PrincipalDep, rt: RuntimeDe
         credits = service.calculate_credit_amount(body.amount_usd, settings=rt_settings)
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="amount_usd") from exc
+    account_id = principal.personal_account_id
+    if body.org_id is not None:
+        async with rt.sessionmaker() as session:
+            await orgs.require_role(session, org_id=body.org_id, principal=principal, admin=True)
+            account_id = await orgs.org_account_id(session, body.org_id)
     session_id, url = await service.create_checkout(
         rt.stripe,
         rt.sessionmaker,
         rt_settings,
-        account_id=principal.account_id,
+        account_id=account_id,
         email=principal.email,
         usd=body.amount_usd,
     )
@@ -91,7 +98,7 @@ async def checkout(body: CheckoutRequest, principal: PrincipalDep, rt: RuntimeDe
 async def portal(principal: PrincipalDep, rt: RuntimeDep) -> PortalSession:
     """A Stripe billing portal link for the caller."""
     url = await service.create_portal(
-        rt.stripe, rt.sessionmaker, rt.settings, account_id=principal.account_id, email=principal.email
+        rt.stripe, rt.sessionmaker, rt.settings, account_id=principal.personal_account_id, email=principal.email
     )
     return PortalSession(url=url)
 
@@ -130,7 +137,9 @@ async def payments(
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> PaymentPage:
     """The caller's top-ups, newest first."""
-    rows, total = await service.list_payments(session, account_id=principal.account_id, limit=limit, offset=offset)
+    rows, total = await service.list_payments(
+        session, account_id=principal.personal_account_id, limit=limit, offset=offset
+    )
     data = [
         PaymentOut(
             id=p.id,

@@ -17,7 +17,7 @@ from decimal import Decimal
 from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Account, Hold, LedgerEntry, utcnow
+from app.db.models import Account, Hold, LedgerEntry, Membership, utcnow
 from app.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
 from app.money import from_hundredths, to_hundredths
 
@@ -29,6 +29,7 @@ DEBIT_TYPES = frozenset({"adjustment", "refund"})
 class _Closed:
     account_id: int
     amount: int
+    membership_id: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,7 @@ async def _write(
     idempotency_key: str | None = None,
     description: str | None = None,
     require_funds: bool = True,
+    user_id: int | None = None,
 ) -> LedgerEntry | None:
     """Apply ``delta`` to the balance (refusing to go below zero) and append its ledger row."""
     condition: ColumnElement[bool] = Account.id == account_id
@@ -80,6 +82,7 @@ async def _write(
         hold_id=hold_id,
         idempotency_key=idempotency_key,
         description=description,
+        user_id=user_id,
     )
     session.add(entry)
     await session.flush()
@@ -144,12 +147,25 @@ async def post_entry(
 
 
 async def place_hold(
-    session: AsyncSession, *, account_id: int, amount: Decimal, request_id: str, ttl: timedelta
+    session: AsyncSession,
+    *,
+    account_id: int,
+    amount: Decimal,
+    request_id: str,
+    ttl: timedelta,
+    membership_id: int | None = None,
+    user_id: int | None = None,
 ) -> Hold:
-    """Reserve ``amount`` for a request, atomically; ``InsufficientCredits`` if the balance is short."""
+    """Reserve ``amount`` for a request, atomically; ``InsufficientCredits`` if the balance is short.
+
+    For an org member the reservation also counts against their allocation (conditionally, so
+    concurrent members can overdraw neither the org nor their own allocation).
+    """
     units = to_hundredths(amount)
     if units < 0:
         raise InvalidRequest("a hold cannot be negative")
+    if membership_id is not None:
+        await _reserve_allocation(session, membership_id=membership_id, units=units, amount=amount)
     now = utcnow()
     hold = Hold(
         account_id=account_id,
@@ -159,18 +175,61 @@ async def place_hold(
         charged=0,
         created_at=now,
         expires_at=now + ttl,
+        membership_id=membership_id,
     )
     session.add(hold)
     await session.flush()
-    entry = await _write(session, account_id=account_id, delta=-units, type="hold", hold_id=hold.id)
+    entry = await _write(session, account_id=account_id, delta=-units, type="hold", hold_id=hold.id, user_id=user_id)
     if entry is None:
         balance = await balance_of(session, account_id)
+        whose = "the organization has" if membership_id is not None else "insufficient credits:"
         raise InsufficientCredits(
-            f"insufficient credits: balance {balance}, this request may cost up to {amount}",
+            f"{whose} balance {balance}, this request may cost up to {amount}"
+            if membership_id is None
+            else f"{whose} {balance} credits left, this request may cost up to {amount}",
+            reason="org_insufficient_credits" if membership_id is not None else "insufficient_credits",
             balance=str(balance),
             required=str(amount),
         )
     return hold
+
+
+async def _reserve_allocation(session: AsyncSession, *, membership_id: int, units: int, amount: Decimal) -> None:
+    reserved = await session.scalar(
+        update(Membership)
+        .where(Membership.id == membership_id, Membership.used + units <= Membership.allocation)
+        .values(used=Membership.used + units)
+        .returning(Membership.id)
+    )
+    if reserved is not None:
+        return
+    row = (
+        await session.execute(select(Membership.allocation, Membership.used).where(Membership.id == membership_id))
+    ).one()
+    left = from_hundredths(max(row.allocation - row.used, 0))
+    if row.allocation == 0:
+        raise InsufficientCredits(
+            "you have no credit allocation in your organization; ask an org admin for one",
+            reason="no_allocation",
+            allocation="0.00",
+            balance="0.00",
+            required=str(amount),
+        )
+    raise InsufficientCredits(
+        f"your organization allocation is exhausted: {left} of {from_hundredths(row.allocation)} left, "
+        f"this request may cost up to {amount}",
+        reason="allocation_exhausted",
+        allocation=str(from_hundredths(row.allocation)),
+        balance=str(left),
+        required=str(amount),
+    )
+
+
+async def _adjust_allocation(session: AsyncSession, membership_id: int | None, delta: int) -> None:
+    if membership_id is not None and delta:
+        await session.execute(
+            update(Membership).where(Membership.id == membership_id).values(used=Membership.used + delta)
+        )
 
 
 async def _close(session: AsyncSession, *, hold_id: int, status: str, charged: int = 0) -> _Closed | None:
@@ -180,34 +239,45 @@ async def _close(session: AsyncSession, *, hold_id: int, status: str, charged: i
             update(Hold)
             .where(Hold.id == hold_id, Hold.status == "open")
             .values(status=status, charged=charged, closed_at=utcnow())
-            .returning(Hold.account_id, Hold.amount)
+            .returning(Hold.account_id, Hold.amount, Hold.membership_id, Hold.request_id)
             .execution_options(synchronize_session=False)
         )
     ).one_or_none()
-    return None if row is None else _Closed(account_id=row.account_id, amount=row.amount)
+    if row is None:
+        return None
+    return _Closed(account_id=row.account_id, amount=row.amount, membership_id=row.membership_id)
 
 
-async def _hold_row(session: AsyncSession, hold_id: int) -> tuple[int, int, str]:
+async def _hold_row(session: AsyncSession, hold_id: int) -> tuple[int, int, str, int | None]:
     row = (
-        await session.execute(select(Hold.account_id, Hold.amount, Hold.status).where(Hold.id == hold_id))
+        await session.execute(
+            select(Hold.account_id, Hold.amount, Hold.status, Hold.membership_id).where(Hold.id == hold_id)
+        )
     ).one_or_none()
     if row is None:
         raise NotFound(f"hold {hold_id} does not exist")
-    return row.account_id, row.amount, row.status
+    return row.account_id, row.amount, row.status, row.membership_id
 
 
 async def settle_hold(
-    session: AsyncSession, *, hold_id: int, charge: Decimal, description: str | None = None
+    session: AsyncSession, *, hold_id: int, charge: Decimal, description: str | None = None, user_id: int | None = None
 ) -> SettleResult:
     """Charge the actual cost of a held request, capped at the hold, and release the rest."""
     wanted = to_hundredths(charge)
     if wanted < 0:
         raise InvalidRequest("a charge cannot be negative")
-    _, held, _ = await _hold_row(session, hold_id)
+    _, held, _, _ = await _hold_row(session, hold_id)
     units = min(wanted, held)
     closed = await _close(session, hold_id=hold_id, status="settled", charged=units)
     if closed is not None:
-        await _write(session, account_id=closed.account_id, delta=closed.amount, type="release", hold_id=hold_id)
+        await _write(
+            session,
+            account_id=closed.account_id,
+            delta=closed.amount,
+            type="release",
+            hold_id=hold_id,
+            user_id=user_id,
+        )
         if units:
             entry = await _write(
                 session,
@@ -216,16 +286,19 @@ async def settle_hold(
                 type="api_usage",
                 hold_id=hold_id,
                 description=description,
+                user_id=user_id,
             )
             assert entry is not None  # the release just returned at least this much
+        await _adjust_allocation(session, closed.membership_id, units - closed.amount)
         return SettleResult(from_hundredths(units), from_hundredths(closed.amount - units), late=False)
-    account_id, _, status = await _hold_row(session, hold_id)
+    account_id, _, status, membership_id = await _hold_row(session, hold_id)
     if status != "expired":
         raise Conflict(f"hold {hold_id} is already {status}")
     # The sweeper released this hold before the request finished. Charge what the balance allows.
     balance = await session.scalar(select(Account.balance).where(Account.id == account_id).with_for_update())
     late_units = min(units, balance or 0)
     await session.execute(update(Hold).where(Hold.id == hold_id).values(charged=late_units))
+    await _adjust_allocation(session, membership_id, late_units)
     if late_units:
         await _write(
             session,
@@ -233,17 +306,23 @@ async def settle_hold(
             delta=-late_units,
             type="api_usage",
             hold_id=hold_id,
+            user_id=user_id,
             description=(description or "") + " (settled after hold expiry)",
         )
     return SettleResult(from_hundredths(late_units), Decimal("0.00"), late=True)
 
 
-async def release_hold(session: AsyncSession, *, hold_id: int, status: str = "released") -> bool:
-    """Give a hold back in full; ``False`` if it was already closed."""
+async def release_hold(
+    session: AsyncSession, *, hold_id: int, status: str = "released", user_id: int | None = None
+) -> bool:
+    """Give a hold back in full (and the member's allocation); ``False`` if it was already closed."""
     closed = await _close(session, hold_id=hold_id, status=status)
     if closed is None:
         return False
-    await _write(session, account_id=closed.account_id, delta=closed.amount, type="release", hold_id=hold_id)
+    await _write(
+        session, account_id=closed.account_id, delta=closed.amount, type="release", hold_id=hold_id, user_id=user_id
+    )
+    await _adjust_allocation(session, closed.membership_id, -closed.amount)
     return True
 
 

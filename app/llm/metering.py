@@ -82,9 +82,11 @@ class Meter:
                     amount=worst,
                     request_id=meter.request_id,
                     ttl=timedelta(seconds=rt.settings.hold_ttl_seconds),
+                    membership_id=principal.membership_id,
+                    user_id=principal.user_id,
                 )
             except InsufficientCredits as exc:
-                if not images:
+                if not images and exc.extra.get("reason") in {"insufficient_credits", "org_insufficient_credits"}:
                     exc.extra["max_affordable_tokens"] = pricing.max_affordable_tokens(
                         model,
                         balance=Decimal(exc.extra["balance"]),
@@ -116,7 +118,11 @@ class Meter:
                 charged = ZERO
                 if self.hold_id is not None:
                     result = await ledger.settle_hold(
-                        session, hold_id=self.hold_id, charge=charge, description=f"{self.model.id} via {provider}"
+                        session,
+                        hold_id=self.hold_id,
+                        charge=charge,
+                        description=f"{self.model.id} via {provider}",
+                        user_id=self.principal.user_id,
                     )
                     charged = result.charged
                 session.add(self._usage(provider, prompt_tokens, completion_tokens, charged, latency_ms, outcome))
@@ -131,7 +137,7 @@ class Meter:
             try:
                 async with self.rt.sessionmaker() as session, session.begin():
                     if self.hold_id is not None:
-                        await ledger.release_hold(session, hold_id=self.hold_id)
+                        await ledger.release_hold(session, hold_id=self.hold_id, user_id=self.principal.user_id)
                     session.add(self._usage(provider, 0, 0, ZERO, 0, outcome))
             except Exception:  # the sweeper releases it at expiry
                 log.exception("could not release hold %s; the sweeper will", self.hold_id)

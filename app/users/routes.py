@@ -29,10 +29,10 @@ EntryType = Literal["purchase", "bonus", "adjustment", "refund", "hold", "releas
 
 @router.get("/balance", response_model=Balance)
 async def balance(principal: PrincipalDep, session: SessionDep) -> Balance:
-    """The spendable balance and what open holds reserve."""
+    """Your own balance and what open holds reserve (an org member spends the org's: see GET /orgs/{id})."""
     return Balance(
-        balance=await ledger.balance_of(session, principal.account_id),
-        held=await ledger.held_amount(session, principal.account_id),
+        balance=await ledger.balance_of(session, principal.personal_account_id),
+        held=await ledger.held_amount(session, principal.personal_account_id),
     )
 
 
@@ -48,7 +48,7 @@ async def transactions(
 ) -> TransactionPage:
     """Ledger entries, newest first."""
     rows, total = await repository.page(
-        session, principal.account_id, limit=limit, offset=offset, type_=type, start=start, end=end
+        session, principal.personal_account_id, limit=limit, offset=offset, type_=type, start=start, end=end
     )
     data = [
         Transaction(
@@ -72,7 +72,7 @@ async def transactions_summary(
     end: Annotated[IsoDateTime | None, Query()] = None,
 ) -> TransactionSummary:
     """Totals for a period; over all time ``net_balance`` equals the balance."""
-    s = await repository.summary(session, principal.account_id, start=start, end=end)
+    s = await repository.summary(session, principal.personal_account_id, start=start, end=end)
     return TransactionSummary(
         total_spent=s.total_spent,
         total_purchased=s.total_purchased,

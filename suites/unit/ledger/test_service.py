@@ -65,7 +65,7 @@ async def test_insufficient_hold_changes_nothing(db_sessionmaker: SM, user_facto
     user = await user_factory(credits="5")
     with pytest.raises(InsufficientCredits) as info:
         await _hold(db_sessionmaker, user, "5.01", "r1")
-    assert info.value.extra == {"balance": "5.00", "required": "5.01"}
+    assert info.value.extra == {"reason": "insufficient_credits", "balance": "5.00", "required": "5.01"}
     assert await _balance(db_sessionmaker, user.account_id) == Decimal("5.00")
     await _hold(db_sessionmaker, user, "5.00", "r2")  # exactly the balance is fine
     assert await _balance(db_sessionmaker, user.account_id) == Decimal("0.00")

@@ -1,0 +1,1 @@
+"""Organizations: a shared credit account, members with allocations, org admins."""
