@@ -8,6 +8,7 @@ GatewayError                      500  internal_error (never raised on purpose)
 ├── PermissionDenied              403  permission_denied
 ├── InsufficientCredits           402  insufficient_credits
 ├── Conflict                      409  conflict
+├── QuotaExceeded (app.quotas)    429  quota_exceeded (+ X-RateLimit-* headers)
 ├── ProviderUnavailable           502  provider_unavailable
 ├── PaymentProviderError          502  payment_provider_error
 ├── InvalidSignature              400  invalid_signature

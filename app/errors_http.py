@@ -39,6 +39,7 @@ _DESCRIPTIONS = {
     404: "Not found",
     409: "Conflict (e.g. an idempotency key reused with different fields)",
     422: "Invalid request",
+    429: "Monthly call quota used up (X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset)",
     502: "No provider could serve the request (body lists the attempts)",
     503: "A dependency is unavailable",
 }

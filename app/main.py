@@ -27,6 +27,7 @@ from app.llm.messages import router as messages_router
 from app.llm.routes import router as llm_router
 from app.orgs.routes import router as orgs_router
 from app.providers.router import ProviderPool
+from app.quotas.service import MemoryCounter, Quotas, RedisCounter, load_plans
 from app.runtime import Runtime
 from app.settings import Settings
 from app.system.routes import router as system_router
@@ -93,6 +94,11 @@ def create_app(
                     catalog,
                     threshold=settings.breaker_threshold,
                     cooldown=settings.breaker_cooldown_seconds,
+                ),
+                quotas=Quotas(
+                    RedisCounter(redis) if redis is not None else MemoryCounter(),
+                    load_plans(),
+                    settings.default_plan,
                 ),
                 redis=redis,
                 stripe=build_client(settings),

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.catalog.service import Catalog
 from app.providers.router import ProviderPool
+from app.quotas.service import Quotas
 from app.settings import Settings
 
 
@@ -22,5 +23,6 @@ class Runtime:
     catalog: Catalog
     http: httpx.AsyncClient
     providers: ProviderPool
+    quotas: Quotas
     redis: Redis | None = None
     stripe: stripe.StripeClient | None = None

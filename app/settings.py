@@ -31,6 +31,7 @@ class Settings(BaseSettings):
 
     breaker_threshold: int = Field(default=5, ge=1, description="consecutive failures that open a provider's circuit")
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    default_plan: str = Field(default="trial", description="plan for users and orgs with no subscription")
     byok_encryption_key: str | None = Field(default=None, repr=False, description="Fernet key for stored BYOK keys")
 
     # Billing (Stripe). Without a secret key the billing routes answer 503.

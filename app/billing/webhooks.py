@@ -35,6 +35,7 @@ from app.db.models import Account, Payment, StripeEvent, utcnow
 from app.errors import InvalidSignature
 from app.ledger import service as ledger
 from app.money import from_hundredths
+from app.quotas.service import load_plans, set_plan
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +209,34 @@ async def _reconcile(session: AsyncSession, payment: Payment) -> str:
     return "reversed"
 
 
+async def _subscription_changed(session: AsyncSession, obj: dict[str, Any]) -> str:
+    """customer.subscription.created/updated/deleted → the customer's plan (and so their call quota)."""
+    account = await session.scalar(select(Account).where(Account.stripe_customer_id == obj.get("customer")))
+    if account is None:
+        return "unknown customer"
+    subject = f"org:{account.org_id}" if account.org_id is not None else f"user:{account.user_id}"
+    items = ((obj.get("items") or {}).get("data") or [{}])[0]
+    plan = (obj.get("metadata") or {}).get("plan") or ((items.get("price") or {}).get("lookup_key"))
+    plans = load_plans()
+    if obj.get("status") not in {"active", "trialing", "past_due"} or obj.get("_deleted"):
+        await set_plan(session, subject=subject, plan=None, plans=plans)
+        return "subscription ended"
+    if plan not in plans:
+        return f"unknown plan {plan!r}"
+    await set_plan(session, subject=subject, plan=plan, plans=plans, source="stripe", external_id=obj.get("id"))
+    return f"plan {plan}"
+
+
+async def _subscription_deleted(session: AsyncSession, obj: dict[str, Any]) -> str:
+    return await _subscription_changed(session, {**obj, "_deleted": True})
+
+
 _HANDLERS = {
     "checkout.session.completed": _checkout_completed,
     "checkout.session.async_payment_succeeded": _checkout_completed,
     "charge.refunded": _charge_refunded,
     "charge.dispute.created": _dispute_created,
+    "customer.subscription.created": _subscription_changed,
+    "customer.subscription.updated": _subscription_changed,
+    "customer.subscription.deleted": _subscription_deleted,
 }

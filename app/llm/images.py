@@ -44,7 +44,7 @@ def _is_images(kind: str, body: Any) -> bool:
 
 
 @router.post(
-    "/images/generations", response_model=ImageResponse, responses=ERROR_RESPONSES(400, 401, 402, 404, 422, 502)
+    "/images/generations", response_model=ImageResponse, responses=ERROR_RESPONSES(400, 401, 402, 404, 422, 429, 502)
 )
 async def generate_images(
     body: ImageRequest, principal: PrincipalDep, rt: RuntimeDep, response: Response

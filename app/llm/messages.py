@@ -112,7 +112,7 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     response_model=MessagesResponse,
     responses={
         200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}},
-        **ERROR_RESPONSES(400, 401, 402, 404, 422, 502),
+        **ERROR_RESPONSES(400, 401, 402, 404, 422, 429, 502),
     },
 )
 async def messages(

@@ -69,6 +69,28 @@ class Meter:
         byok: bool = False,
     ) -> Meter:
         """Hold the most this request can cost; ``InsufficientCredits`` (402) if the balance is short."""
+        async with rt.sessionmaker() as session:
+            quota_key = await rt.quotas.admit(session, principal.quota_subject)  # 429 past the plan
+        try:
+            return await cls._hold(
+                rt, principal, model, prompt_estimate=prompt_estimate, max_tokens=max_tokens, images=images, byok=byok
+            )
+        except BaseException:
+            await rt.quotas.give_back(quota_key)  # refused for credits: the call does not count
+            raise
+
+    @classmethod
+    async def _hold(
+        cls,
+        rt: Runtime,
+        principal: Principal,
+        model: ModelConfig,
+        *,
+        prompt_estimate: int,
+        max_tokens: int,
+        images: int,
+        byok: bool,
+    ) -> Meter:
         async with rt.sessionmaker() as session, session.begin():
             increment = await pricing.current_increment(session, default=rt.settings.default_credit_increment)
             meter = cls(rt, principal, model, increment, prompt_estimate, byok=byok)

@@ -18,7 +18,7 @@ SSE = {"text/event-stream": {"schema": {"type": "string", "description": "OpenAI
 @router.post(
     "/chat/completions",
     response_model=ChatCompletionResponse,
-    responses={200: {"content": SSE}, **ERROR_RESPONSES(400, 401, 402, 404, 422, 502)},
+    responses={200: {"content": SSE}, **ERROR_RESPONSES(400, 401, 402, 404, 422, 429, 502)},
 )
 async def chat_completions(
     body: ChatCompletionRequest, principal: PrincipalDep, rt: RuntimeDep, response: Response
