@@ -1,0 +1,154 @@
+"""app/orgs: members spend the org's credits within their allocation; every refusal says which limit."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from harness.fakes.providers import FakeProvider, Reply
+from harness.fixtures.factories import TestUser, UserFactory
+
+CHAT = "/v1/chat/completions"
+
+
+def chat(max_tokens: int = 1000) -> dict[str, object]:
+    return {"model": "test-model", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def make_org(client: httpx.AsyncClient, owner: TestUser, admin: TestUser, credits: str) -> int:
+    org = (await client.post("/orgs", json={"name": "Acme"}, headers=owner.headers)).json()
+    grant = {"org_id": org["id"], "amount": credits, "idempotency_key": f"org-{org['id']}"}
+    assert (await client.post("/admin/credits", json=grant, headers=admin.headers)).status_code == 200
+    return int(org["id"])
+
+
+@pytest.mark.critical
+async def test_member_spends_org_credits_within_allocation(
+    async_client: httpx.AsyncClient, user_factory: UserFactory, admin_user: TestUser, fake_provider: FakeProvider
+) -> None:
+    owner, member = await user_factory(credits=50), await user_factory(credits=50)
+    org_id = await make_org(async_client, owner, admin_user, "10000")
+    added = await async_client.post(
+        f"/orgs/{org_id}/members", json={"email": member.email, "allocation": "2500"}, headers=owner.headers
+    )
+    assert added.status_code == 201
+    # 9 credits: gpt-4o, 1,000 prompt + 5,750 completion tokens ($0.0025 / $0.01 per 1K) = $0.06 × 1.5.
+    fake_provider.push(Reply(prompt_tokens=1000, completion_tokens=5750))
+    response = await async_client.post(
+        CHAT,
+        json=chat(max_tokens=6000) | {"model": "gpt-4o", "messages": [{"role": "user", "content": "w " * 2000}]},
+        headers=member.headers,
+    )
+    assert response.headers["X-Creditgate-Credits-Charged"] == "9.00"
+    org = (await async_client.get(f"/orgs/{org_id}", headers=member.headers)).json()
+    assert org["balance"] == "9991.00"
+    assert org["allocated"] == "2500.00"
+    seat = next(m for m in org["members"] if m["email"] == member.email)
+    assert (seat["allocation"], seat["used"]) == ("2500.00", "9.00")
+    # Their own credits are untouched; the usage is theirs.
+    assert (await async_client.get("/user/balance", headers=member.headers)).json()["balance"] == "50.00"
+    assert (await async_client.get("/user/usage", headers=member.headers)).json()["data"][0]["credits"] == "9.00"
+
+
+@pytest.mark.parametrize(
+    ("allocation", "org_credits", "reason", "phrase"),
+    [
+        ("0", "10000", "no_allocation", "no credit allocation"),
+        ("0.10", "10000", "allocation_exhausted", "allocation is exhausted"),
+        ("2500", "0.20", "org_insufficient_credits", "organization has"),
+    ],
+)
+async def test_refusals_say_which_limit(
+    async_client: httpx.AsyncClient,
+    user_factory: UserFactory,
+    admin_user: TestUser,
+    allocation: str,
+    org_credits: str,
+    reason: str,
+    phrase: str,
+) -> None:
+    owner, member = await user_factory(), await user_factory(credits=1000)
+    org_id = await make_org(async_client, owner, admin_user, org_credits)
+    await async_client.post(
+        f"/orgs/{org_id}/members", json={"email": member.email, "allocation": allocation}, headers=owner.headers
+    )
+    response = await async_client.post(CHAT, json=chat(), headers=member.headers)
+    assert response.status_code == 402
+    error = response.json()["error"]
+    assert error["reason"] == reason
+    assert phrase in error["message"]
+
+
+async def test_leaving_the_org_falls_back_to_own_credits(
+    async_client: httpx.AsyncClient, user_factory: UserFactory, admin_user: TestUser
+) -> None:
+    owner, member = await user_factory(), await user_factory(credits=100)
+    org_id = await make_org(async_client, owner, admin_user, "100")
+    await async_client.post(
+        f"/orgs/{org_id}/members", json={"email": member.email, "allocation": "0"}, headers=owner.headers
+    )
+    assert (await async_client.post(CHAT, json=chat(), headers=member.headers)).status_code == 402
+    assert (await async_client.delete(f"/orgs/{org_id}/members/{member.id}", headers=owner.headers)).status_code == 204
+    assert (await async_client.post(CHAT, json=chat(), headers=member.headers)).status_code == 200
+    assert (await async_client.get("/user/balance", headers=member.headers)).json()["balance"] != "100.00"
+
+
+async def test_roles(async_client: httpx.AsyncClient, user_factory: UserFactory, admin_user: TestUser) -> None:
+    owner, member, outsider = await user_factory(), await user_factory(), await user_factory()
+    org_id = await make_org(async_client, owner, admin_user, "10")
+    await async_client.post(
+        f"/orgs/{org_id}/members", json={"email": member.email, "allocation": "1"}, headers=owner.headers
+    )
+    as_member = await async_client.put(
+        f"/orgs/{org_id}/members/{member.id}", json={"allocation": "5"}, headers=member.headers
+    )
+    assert as_member.status_code == 403
+    assert (await async_client.get(f"/orgs/{org_id}", headers=outsider.headers)).status_code == 403
+    assert (await async_client.get("/orgs/999", headers=owner.headers)).status_code == 404
+    dup = await async_client.post(
+        f"/orgs/{org_id}/members", json={"email": member.email, "allocation": "1"}, headers=owner.headers
+    )
+    assert dup.status_code == 409
+    ok = await async_client.put(f"/orgs/{org_id}/members/{member.id}", json={"allocation": "5"}, headers=owner.headers)
+    assert next(m for m in ok.json()["members"] if m["user_id"] == member.id)["allocation"] == "5.00"
+    bad = await async_client.put(
+        f"/orgs/{org_id}/members/{member.id}", json={"allocation": "-1"}, headers=owner.headers
+    )
+    assert bad.status_code == 422
+
+
+@pytest.mark.critical
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize(("org_credits", "served"), [("2.80", 7), ("100", 10)], ids=["org-binds", "allocations-bind"])
+async def test_concurrent_members_cannot_overdraw_org_or_allocation(
+    async_client: httpx.AsyncClient,
+    user_factory: UserFactory,
+    admin_user: TestUser,
+    fake_provider: FakeProvider,
+    org_credits: str,
+    served: int,
+) -> None:
+    """20 simultaneous requests (0.40 held each) from 5 members with 0.80 allocations each."""
+    owner = await user_factory()
+    members = [await user_factory() for _ in range(5)]
+    org_id = await make_org(async_client, owner, admin_user, org_credits)
+    for m in members:
+        await async_client.post(
+            f"/orgs/{org_id}/members", json={"email": m.email, "allocation": "0.80"}, headers=owner.headers
+        )
+    fake_provider.gate = asyncio.Event()
+    tasks = [
+        asyncio.create_task(async_client.post(CHAT, json=chat(), headers=m.headers)) for m in members for _ in range(4)
+    ]
+    while len(fake_provider.calls) < served or sum(t.done() for t in tasks) < 20 - served:
+        await asyncio.sleep(0.01)
+    fake_provider.gate.set()
+    statuses = sorted(r.status_code for r in await asyncio.gather(*tasks))
+    assert statuses == [200] * served + [402] * (20 - served)
+    org = (await async_client.get(f"/orgs/{org_id}", headers=owner.headers)).json()
+    seats = [m for m in org["members"] if m["role"] == "member"]
+    assert all(Decimal(m["used"]) <= Decimal("0.80") for m in seats)
+    assert Decimal(org["balance"]) == Decimal(org_credits) - sum(Decimal(m["used"]) for m in seats)
