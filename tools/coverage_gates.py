@@ -13,6 +13,9 @@ GATES = {
     "app/ledger/repository.py": 95.0,
     "app/catalog/pricing.py": 95.0,
     "app/llm/service.py": 95.0,
+    "app/llm/metering.py": 95.0,
+    "app/billing/webhooks.py": 95.0,
+    "app/quotas/service.py": 95.0,
 }
 
 

@@ -236,3 +236,32 @@ async def test_unknown_and_foreign_events_are_ignored(
     }
     assert (await stripe_webhooks.send(refund)).json()["outcome"] == "unknown charge"
     assert await balance(async_client, funded_user) == "1000.00"
+
+
+async def test_stripe_subscription_events_set_the_plan(
+    async_client: httpx.AsyncClient,
+    funded_user: TestUser,
+    admin_user: TestUser,
+    fake_stripe: FakeStripeServer,
+    stripe_webhooks: StripeWebhooks,
+) -> None:
+    await async_client.post("/billing/portal", headers=funded_user.headers)  # creates the Stripe customer
+    customer = next(o["id"] for o in fake_stripe.state.objects.values() if o["object"] == "customer")
+    sub = {
+        "id": "sub_1",
+        "object": "subscription",
+        "customer": customer,
+        "status": "active",
+        "items": {"data": [{"price": {"lookup_key": "professional"}}]},
+    }
+    created = {"id": "evt_s1", "object": "event", "type": "customer.subscription.created", "data": {"object": sub}}
+    assert (await stripe_webhooks.send(created)).json()["outcome"] == "plan professional"
+    deleted = {
+        **created,
+        "id": "evt_s2",
+        "type": "customer.subscription.deleted",
+        "data": {"object": {**sub, "status": "canceled"}},
+    }
+    assert (await stripe_webhooks.send(deleted)).json()["outcome"] == "subscription ended"
+    stranger = {**created, "id": "evt_s3", "data": {"object": {**sub, "customer": "cus_nobody"}}}
+    assert (await stripe_webhooks.send(stranger)).json()["outcome"] == "unknown customer"

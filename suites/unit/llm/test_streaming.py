@@ -15,6 +15,7 @@ from suites.unit.llm.test_chat import balance, body, expected_charge
 
 pytestmark = pytest.mark.critical
 CHAT = "/v1/chat/completions"
+SSE_HEADERS = {"content-type": "text/event-stream"}
 
 
 def events(response: httpx.Response) -> list[str]:
@@ -129,3 +130,73 @@ async def test_sdk_parses_the_gateway_stream(
         usage = chunk.usage or usage
     assert text == "Hello from the fake provider."
     assert usage is not None
+
+
+class _Stream(httpx.AsyncByteStream):
+    def __init__(self, parts: list[bytes], *, fail: bool) -> None:
+        self.parts, self.fail = parts, fail
+
+    async def __aiter__(self):  # type: ignore[no-untyped-def]
+        for part in self.parts:
+            yield part
+        if self.fail:
+            raise httpx.ReadError("upstream connection reset")
+
+
+def upstream(parts: list[bytes], *, fail: bool = False) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.MockTransport(
+            lambda request: httpx.Response(200, headers=SSE_HEADERS, stream=_Stream(parts, fail=fail))
+        )
+    )
+
+
+async def test_odd_upstream_lines_are_dropped_and_usage_is_stripped(
+    async_client: httpx.AsyncClient, funded_user: TestUser, runtime
+) -> None:  # type: ignore[no-untyped-def]
+    runtime.providers.http = upstream(
+        [
+            b"data: not json\n\n",
+            b"data: [1, 2]\n\n",
+            b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": '
+            b'{"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}\n\n',
+            b"data: [DONE]\n\n",
+        ]
+    )
+    response = await async_client.post(CHAT, json={**body(), "stream": True}, headers=funded_user.headers)
+    data = events(response)
+    assert data[-1] == "[DONE]"
+    assert [json.loads(d) for d in data[:-1]] == [
+        {"choices": [{"index": 0, "delta": {"content": "hi"}}], "model": "test-model"}
+    ]
+    assert await balance(async_client, funded_user) == Decimal(1000) - expected_charge(5, 7)
+
+
+async def test_upstream_connection_reset_mid_stream_charges_what_was_delivered(
+    async_client: httpx.AsyncClient, funded_user: TestUser, runtime
+) -> None:  # type: ignore[no-untyped-def]
+    runtime.providers.http = upstream(
+        [b'data: {"choices": [{"index": 0, "delta": {"content": "partial answer"}}]}\n\n'], fail=True
+    )
+    response = await async_client.post(
+        CHAT, json={**body(max_tokens=1000), "stream": True}, headers=funded_user.headers
+    )
+    assert response.status_code == 200
+    prompt = pricing.estimate_prompt_tokens(["hello"])
+    charge = expected_charge(prompt, pricing.estimate_prompt_tokens(["partial answer"]))
+    assert await balance(async_client, funded_user) == Decimal(1000) - charge
+    assert (await usage_rows(async_client, funded_user))[0]["outcome"] == "cut"
+
+
+async def test_stream_ending_without_done_but_with_usage_is_charged_the_usage(
+    async_client: httpx.AsyncClient, funded_user: TestUser, runtime
+) -> None:  # type: ignore[no-untyped-def]
+    runtime.providers.http = upstream(
+        [
+            b'data: {"choices": [{"index": 0, "delta": {"content": "x"}}]}\n\n',
+            b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}\n\n',
+        ]
+    )
+    await async_client.post(CHAT, json={**body(), "stream": True}, headers=funded_user.headers)
+    assert await balance(async_client, funded_user) == Decimal(1000) - expected_charge(3, 4)
+    assert (await usage_rows(async_client, funded_user))[0]["outcome"] == "ok_no_done"
