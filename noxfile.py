@@ -77,6 +77,21 @@ def smoke(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def load(session: nox.Session) -> None:
+    """locust scenarios against N gateway workers, then the ledger auditor: nox -s load -- --users 100 --time 60s."""
+    install(session, "test", "load")
+    session.run("python", "-m", "suites.load.run", *session.posargs)
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks (print figures; no pass/fail): gateway overhead and hot-row deductions."""
+    install(session, "test")
+    session.run("python", "-m", "bench.overhead", *session.posargs)
+    session.run("python", "-m", "bench.hot_row", *session.posargs)
+
+
+@nox.session(default=False)
 def coverage(session: nox.Session) -> None:
     """Combine the sessions' coverage; gate the total (>= 85 %) and each money module (>= 95 %)."""
     session.install("coverage[toml]>=7.10")

@@ -1,0 +1,135 @@
+"""Gateway overhead: the fake upstream called directly and through the gateway (1 worker, metering + ledger on).
+
+Prints RPS and p50/p99 latency at concurrency 1 and 32 for both, the RPS ratio and the added latency,
+on SQLite and (when available) Postgres. Run on demand: `nox -s bench` or `python -m bench.overhead`.
+Everything runs on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+
+from app.auth import service as auth
+from app.db.engine import create_engine, create_sessionmaker
+from app.quotas.service import load_plans, set_plan
+from harness.catalog import catalog_for_tests
+from harness.fixtures.database import _admin, asyncpg_url, migrate
+from harness.fixtures.live_server import start_gateway
+from harness.services import ServiceUnavailable, start_postgres
+from harness.services.base import free_port, run_sync
+
+BODY = {"model": "test-model", "max_tokens": 20, "messages": [{"role": "user", "content": "bench"}]}
+
+
+async def _key(url: str) -> str:
+    engine = create_engine(url)
+    async with create_sessionmaker(engine)() as s, s.begin():
+        user, _ = await auth.create_user(s, email=f"bench-{uuid.uuid4().hex[:6]}@example.test", credits=Decimal(10**9))
+        await set_plan(s, subject=f"user:{user.id}", plan="enterprise", plans=load_plans())
+        key = await auth.issue_key(s, user_id=user.id)
+    await engine.dispose()
+    return key
+
+
+async def measure(url: str, headers: dict[str, str], *, concurrency: int, requests: int) -> tuple[float, float, float]:
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=60) as client:
+        for _ in range(min(20, requests)):  # warm up
+            await client.post(url, json=BODY)
+        queue = iter(range(requests))
+
+        async def worker() -> None:
+            for _ in queue:
+                started = time.perf_counter()
+                response = await client.post(url, json=BODY)
+                latencies.append(time.perf_counter() - started)
+                assert response.status_code == 200, response.text
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    return requests / elapsed, statistics.median(latencies) * 1000, p99 * 1000
+
+
+def run(database_url: str, label: str, fake_url: str, requests: int) -> None:
+    migrate(database_url)
+    key = run_sync(_key(database_url))
+    root = Path(tempfile.mkdtemp())
+    (root / "catalog.json").write_text(catalog_for_tests(f"{fake_url}/v1").model_dump_json())
+    gateway = start_gateway(
+        env={"CREDITGATE_DATABASE_URL": database_url, "CREDITGATE_CATALOG": str(root / "catalog.json")},
+        log_path=root / "gateway.log",
+    )
+    try:
+        print(f"\n{label}: {requests} requests per cell")
+        print(
+            f"{'concurrency':>11} {'direct rps':>11} {'gateway rps':>12} {'ratio':>6} {'direct p50':>11} "
+            f"{'gw p50':>8} {'added p50':>10} {'direct p99':>11} {'gw p99':>8}"
+        )
+        for concurrency in (1, 32):
+            d_rps, d_p50, d_p99 = asyncio.run(
+                measure(f"{fake_url}/v1/chat/completions", {}, concurrency=concurrency, requests=requests)
+            )
+            g_rps, g_p50, g_p99 = asyncio.run(
+                measure(
+                    f"{gateway.url}/v1/chat/completions",
+                    {"Authorization": f"Bearer {key}"},
+                    concurrency=concurrency,
+                    requests=requests,
+                )
+            )
+            print(
+                f"{concurrency:>11} {d_rps:>11.0f} {g_rps:>12.0f} {g_rps / d_rps:>6.0%} {d_p50:>9.2f}ms "
+                f"{g_p50:>6.2f}ms {g_p50 - d_p50:>8.2f}ms {d_p99:>9.2f}ms {g_p99:>6.2f}ms"
+            )
+    finally:
+        gateway.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=500)
+    args, _ = parser.parse_known_args()
+    port = free_port()
+    fake = subprocess.Popen([sys.executable, "-m", "harness.fakes.providers", "--port", str(port)])
+    fake_url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(f"{fake_url}/v1/models")
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        run(f"sqlite+aiosqlite:///{tempfile.mkdtemp()}/bench.db", "SQLite", fake_url, args.requests)
+        try:
+            postgres = start_postgres()
+        except ServiceUnavailable as exc:
+            print(f"\nPostgres: skipped ({exc})")
+            return
+        name = f"cg_bench_{uuid.uuid4().hex[:8]}"
+        run_sync(_admin(postgres.url, f'CREATE DATABASE "{name}"'))
+        try:
+            run(asyncpg_url(postgres.url, name), "Postgres", fake_url, args.requests)
+        finally:
+            run_sync(_admin(postgres.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            postgres.stop()
+    finally:
+        fake.terminate()
+
+
+if __name__ == "__main__":
+    main()
