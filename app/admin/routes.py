@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from app.auth import service as auth
 from app.auth.deps import AdminDep, RuntimeDep
 from app.catalog import pricing
-from app.db.models import AdminAudit, AppSetting, utcnow
+from app.db.models import MAX_ID, AdminAudit, AppSetting, utcnow
 from app.errors import InvalidRequest, NotFound
 from app.errors_http import ERROR_RESPONSES
 from app.ledger import service as ledger
@@ -28,7 +28,7 @@ router = APIRouter(prefix="/admin", tags=["admin"], responses=ERROR_RESPONSES(40
 
 class CreditGrant(BaseModel):
     email: str | None = Field(default=None, min_length=3, max_length=320, description="a user's account, or…")
-    org_id: int | None = Field(default=None, ge=1, description="…an organization's account")
+    org_id: int | None = Field(default=None, ge=1, le=MAX_ID, description="…an organization's account")
     amount: Decimal = Field(description="credits, two decimals at most; negative only for adjustment")
     type: Literal["bonus", "adjustment"] = "bonus"
     idempotency_key: str = Field(min_length=1, max_length=200)
@@ -110,7 +110,7 @@ class AuditPage(BaseModel):
 
 class SubscriptionIn(BaseModel):
     email: str | None = Field(default=None, min_length=3, max_length=320)
-    org_id: int | None = Field(default=None, ge=1)
+    org_id: int | None = Field(default=None, ge=1, le=MAX_ID)
     plan: str | None = Field(description="a plan name, or null to return to the default plan", max_length=64)
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.auth.deps import PrincipalDep, RuntimeDep, SessionDep
 from app.billing import service, webhooks
+from app.db.models import MAX_ID
 from app.errors import InvalidRequest, ServiceUnavailable
 from app.errors_http import ERROR_RESPONSES
 from app.money import from_hundredths
@@ -23,7 +24,7 @@ router = APIRouter(prefix="/billing", tags=["billing"])
 
 class CheckoutRequest(BaseModel):
     amount_usd: Decimal = Field(description='dollars, whole cents, e.g. "10.00"', max_digits=12)
-    org_id: int | None = Field(default=None, ge=1, description="top up this organization (its admins only)")
+    org_id: int | None = Field(default=None, ge=1, le=MAX_ID, description="top up this organization (its admins only)")
 
     @field_validator("amount_usd")
     @classmethod

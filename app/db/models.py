@@ -37,6 +37,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+MAX_ID = 2_147_483_647  # ids are 32-bit integers on every backend
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

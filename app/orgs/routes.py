@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, Field, field_validator
 
 from app.auth.deps import PrincipalDep, RuntimeDep
+from app.db.models import MAX_ID
 from app.errors_http import ERROR_RESPONSES
 from app.money import credits
 from app.orgs import service
 from app.users.schemas import Credits
+
+# Ids are 32-bit in the database: anything larger is a 422, not an overflow deep in the driver.
+OrgId = Annotated[int, Path(ge=1, le=MAX_ID)]
+UserId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 router = APIRouter(prefix="/orgs", tags=["orgs"], responses=ERROR_RESPONSES(401, 403, 404))
 
@@ -73,7 +78,7 @@ async def create_org(body: OrgCreate, principal: PrincipalDep, rt: RuntimeDep) -
 
 
 @router.get("/{org_id}", response_model=OrgOut, responses=ERROR_RESPONSES(422))
-async def get_org(org_id: int, principal: PrincipalDep, rt: RuntimeDep) -> OrgOut:
+async def get_org(org_id: OrgId, principal: PrincipalDep, rt: RuntimeDep) -> OrgOut:
     """Balance, total allocated, and each member's allocation and usage."""
     async with rt.sessionmaker() as session:
         await service.require_role(session, org_id=org_id, principal=principal, admin=False)
@@ -81,7 +86,7 @@ async def get_org(org_id: int, principal: PrincipalDep, rt: RuntimeDep) -> OrgOu
 
 
 @router.post("/{org_id}/members", response_model=OrgOut, status_code=201, responses=ERROR_RESPONSES(409, 422))
-async def add_member(org_id: int, body: MemberAdd, principal: PrincipalDep, rt: RuntimeDep) -> OrgOut:
+async def add_member(org_id: OrgId, body: MemberAdd, principal: PrincipalDep, rt: RuntimeDep) -> OrgOut:
     """Add an existing user with an allocation (org admins only)."""
     async with rt.sessionmaker() as session, session.begin():
         await service.require_role(session, org_id=org_id, principal=principal, admin=True)
@@ -91,7 +96,7 @@ async def add_member(org_id: int, body: MemberAdd, principal: PrincipalDep, rt: 
 
 @router.put("/{org_id}/members/{user_id}", response_model=OrgOut, responses=ERROR_RESPONSES(422))
 async def set_allocation(
-    org_id: int, user_id: int, body: Allocation, principal: PrincipalDep, rt: RuntimeDep
+    org_id: OrgId, user_id: UserId, body: Allocation, principal: PrincipalDep, rt: RuntimeDep
 ) -> OrgOut:
     """Change a member's allocation (org admins only)."""
     async with rt.sessionmaker() as session, session.begin():
@@ -101,7 +106,7 @@ async def set_allocation(
 
 
 @router.delete("/{org_id}/members/{user_id}", status_code=204, responses=ERROR_RESPONSES(409, 422))
-async def remove_member(org_id: int, user_id: int, principal: PrincipalDep, rt: RuntimeDep) -> Response:
+async def remove_member(org_id: OrgId, user_id: UserId, principal: PrincipalDep, rt: RuntimeDep) -> Response:
     """Remove a member; they go back to spending their own credits (org admins only)."""
     async with rt.sessionmaker() as session, session.begin():
         await service.require_role(session, org_id=org_id, principal=principal, admin=True)
