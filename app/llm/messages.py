@@ -224,17 +224,10 @@ async def _stream(rt: Any, meter: Meter, body: MessagesRequest, keys: dict[str, 
             yield _event("message_stop", {})
         finally:
             await upstream.response.aclose()
-            if usage is not None:
-                prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-            elif delivered:
-                prompt, completion = meter.prompt_estimate, pricing.estimate_prompt_tokens(["".join(delivered)])
-            else:
-                prompt, completion = 0, 0
-            await meter.settle(
-                charge=meter.price(prompt_tokens=prompt, completion_tokens=completion),
+            await meter.settle_stream(
+                usage=usage,
+                delivered=delivered,
                 provider=upstream.provider,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
                 latency_ms=int((time.perf_counter() - started) * 1000),
                 outcome="ok" if usage else "cut",
             )

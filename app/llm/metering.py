@@ -150,6 +150,26 @@ class Meter:
                 session.add(self._usage(provider, prompt_tokens, completion_tokens, charged, latency_ms, outcome))
         return charged
 
+    async def settle_stream(
+        self, *, usage: dict[str, int] | None, delivered: list[str], provider: str, latency_ms: int, outcome: str
+    ) -> Decimal:
+        """The streaming rule: the usage chunk if one came; else the prompt estimate plus the text delivered;
+        nothing if no text was delivered."""
+        if usage is not None:
+            prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        elif delivered:
+            prompt, completion = self.prompt_estimate, pricing.estimate_prompt_tokens(["".join(delivered)])
+        else:
+            prompt, completion = 0, 0
+        return await self.settle(
+            charge=self.price(prompt_tokens=prompt, completion_tokens=completion),
+            provider=provider,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            latency_ms=latency_ms,
+            outcome=outcome,
+        )
+
     async def release(self, *, provider: str | None = None, outcome: str = "failed") -> None:
         """Give the whole hold back (a failed request costs nothing) and record the attempt."""
         if self.closed:

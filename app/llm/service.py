@@ -177,20 +177,12 @@ async def chat_stream(rt: Runtime, principal: Principal, request: ChatCompletion
             raise
         finally:
             await upstream.response.aclose()
-            if usage is not None:
-                prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-                outcome = "ok" if outcome == "ok" else outcome
-            elif delivered:
-                prompt, completion = prompt_estimate, pricing.estimate_prompt_tokens(["".join(delivered)])
-            else:
-                prompt, completion = 0, 0
-            await meter.settle(
-                charge=meter.price(prompt_tokens=prompt, completion_tokens=completion),
+            await meter.settle_stream(
+                usage=usage,
+                delivered=delivered,
                 provider=upstream.provider,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
                 latency_ms=int((time.perf_counter() - started) * 1000),
-                outcome=outcome if usage is None or outcome != "cut" else "ok_no_done",
+                outcome="ok_no_done" if usage is not None and outcome == "cut" else outcome,
             )
 
     return StreamResult(relay(), meter.request_id, upstream.provider)
