@@ -52,7 +52,7 @@ def verify(payload: bytes, signature: str | None, *, secret: str, tolerance: int
         stripe.Webhook.construct_event(payload, signature, secret, tolerance=tolerance)
     except stripe.SignatureVerificationError as exc:
         raise InvalidSignature(f"signature verification failed: {exc.user_message or exc}") from exc
-    except ValueError as exc:
+    except (ValueError, AttributeError, TypeError) as exc:  # the SDK fails on JSON that is not an object
         raise InvalidSignature("the payload is not a JSON event") from exc
     event = json.loads(payload)
     if not isinstance(event, dict) or not isinstance(event.get("id"), str) or "type" not in event:

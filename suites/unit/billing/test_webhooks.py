@@ -265,3 +265,70 @@ async def test_stripe_subscription_events_set_the_plan(
     assert (await stripe_webhooks.send(deleted)).json()["outcome"] == "subscription ended"
     stranger = {**created, "id": "evt_s3", "data": {"object": {**sub, "customer": "cus_nobody"}}}
     assert (await stripe_webhooks.send(stranger)).json()["outcome"] == "unknown customer"
+
+
+async def test_a_session_we_have_no_record_of_is_credited_from_its_own_metadata(
+    async_client: httpx.AsyncClient, funded_user: TestUser, stripe_webhooks: StripeWebhooks
+) -> None:
+    """E.g. the gateway crashed between creating the Checkout Session and recording it."""
+    session = {
+        "id": "cs_unrecorded",
+        "object": "checkout.session",
+        "payment_status": "paid",
+        "amount_total": 500,
+        "payment_intent": "pi_unrecorded",
+        "metadata": {"account_id": str(funded_user.account_id), "credits": "500.00"},
+    }
+    event = {
+        "id": "evt_unrecorded",
+        "object": "event",
+        "type": "checkout.session.completed",
+        "data": {"object": session},
+    }
+    assert (await stripe_webhooks.send(event)).json()["outcome"] == "credited"
+    assert await balance(async_client, funded_user) == "1500.00"
+    refund = {
+        "id": "evt_unrecorded_refund",
+        "object": "event",
+        "type": "charge.refunded",
+        "data": {"object": {"id": "ch_u", "payment_intent": "pi_unrecorded", "amount_refunded": 500}},
+    }
+    assert (await stripe_webhooks.send(refund)).json()["outcome"] == "reversed"
+    assert (await stripe_webhooks.send({**refund, "id": "evt_again"})).json()["outcome"] == "already reversed"
+    assert await balance(async_client, funded_user) == "1000.00"
+    for metadata in ({"account_id": "999999", "credits": "1"}, {"account_id": "x"}):
+        stranger = {
+            **event,
+            "id": f"evt_{metadata['account_id']}",
+            "data": {"object": {**session, "id": "cs_other", "metadata": metadata}},
+        }
+        assert (await stripe_webhooks.send(stranger)).json()["outcome"] == "unknown session"
+
+
+async def test_signed_payloads_that_are_not_events_are_400(
+    async_client: httpx.AsyncClient, fake_stripe: FakeStripeServer, stripe_webhooks: StripeWebhooks
+) -> None:
+    for payload in (b"[1, 2]", b'{"type": "x"}'):
+        header = sign_payload(payload, secrets=[fake_stripe.webhook_secret])
+        response = await async_client.post("/billing/webhook", content=payload, headers={"Stripe-Signature": header})
+        assert response.status_code == 400
+    no_intent = {
+        "id": "evt_d",
+        "object": "event",
+        "type": "charge.dispute.created",
+        "data": {"object": {"id": "dp_x", "amount": 100}},
+    }
+    assert (await stripe_webhooks.send(no_intent)).json()["outcome"] == "unknown charge"
+
+
+async def test_subscription_with_an_unknown_plan_changes_nothing(
+    async_client: httpx.AsyncClient,
+    funded_user: TestUser,
+    fake_stripe: FakeStripeServer,
+    stripe_webhooks: StripeWebhooks,
+) -> None:
+    await async_client.post("/billing/portal", headers=funded_user.headers)
+    customer = next(o["id"] for o in fake_stripe.state.objects.values() if o["object"] == "customer")
+    sub = {"id": "sub_2", "customer": customer, "status": "active", "metadata": {"plan": "platinum"}}
+    event = {"id": "evt_p", "object": "event", "type": "customer.subscription.updated", "data": {"object": sub}}
+    assert (await stripe_webhooks.send(event)).json()["outcome"] == "unknown plan 'platinum'"
