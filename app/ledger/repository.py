@@ -26,7 +26,8 @@ class Summary:
     net_balance: Decimal
 
 
-def _utc(moment: datetime | None) -> datetime | None:
+def as_utc(moment: datetime | None) -> datetime | None:
+    """A query bound in UTC (a naive datetime is taken as UTC)."""
     if moment is None:
         return None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
@@ -36,9 +37,9 @@ def _filters(
     account_id: int, *, start: datetime | None, end: datetime | None, type_: str | None = None
 ) -> list[ColumnElement[bool]]:
     clauses: list[ColumnElement[bool]] = [LedgerEntry.account_id == account_id]
-    if (s := _utc(start)) is not None:
+    if (s := as_utc(start)) is not None:
         clauses.append(LedgerEntry.created_at >= s)
-    if (e := _utc(end)) is not None:
+    if (e := as_utc(end)) is not None:
         clauses.append(LedgerEntry.created_at < e)
     if type_ is not None:
         clauses.append(LedgerEntry.type == type_)

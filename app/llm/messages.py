@@ -170,17 +170,7 @@ async def _stream(rt: Any, meter: Meter, body: MessagesRequest, keys: dict[str, 
 
     payload = {**_as_openai(body), "stream": True, "stream_options": {"include_usage": True}}
     started = time.perf_counter()
-    try:
-        upstream = await rt.providers.open_stream(
-            model=meter.model,
-            path="/chat/completions",
-            payload=payload,
-            timeout=rt.settings.upstream_timeout_seconds,
-            user_keys=keys,
-        )
-    except BaseException:
-        await meter.release()
-        raise
+    upstream = await meter.open_stream(payload, user_keys=keys)
 
     async def relay() -> AsyncIterator[bytes]:
         delivered: list[str] = []

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import anyio
 
@@ -24,6 +25,7 @@ from app.db.models import UsageRecord
 from app.errors import InsufficientCredits
 from app.ledger import service as ledger
 from app.money import to_hundredths
+from app.providers.router import UpstreamStream
 from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -149,6 +151,20 @@ class Meter:
                     charged = result.charged
                 session.add(self._usage(provider, prompt_tokens, completion_tokens, charged, latency_ms, outcome))
         return charged
+
+    async def open_stream(self, payload: dict[str, Any], *, user_keys: dict[str, str]) -> UpstreamStream:
+        """Open the upstream chat stream (failover happens before the first byte); release the hold if none opens."""
+        try:
+            return await self.rt.providers.open_stream(
+                model=self.model,
+                path="/chat/completions",
+                payload=payload,
+                timeout=self.rt.settings.upstream_timeout_seconds,
+                user_keys=user_keys,
+            )
+        except BaseException:
+            await self.release()
+            raise
 
     async def settle_stream(
         self, *, usage: dict[str, int] | None, delivered: list[str], provider: str, latency_ms: int, outcome: str

@@ -130,17 +130,7 @@ async def chat_stream(rt: Runtime, principal: Principal, request: ChatCompletion
     payload = _payload(request, max_tokens)
     payload["stream_options"] = {"include_usage": True}
     started = time.perf_counter()
-    try:
-        upstream = await rt.providers.open_stream(
-            model=model,
-            path="/chat/completions",
-            payload=payload,
-            timeout=rt.settings.upstream_timeout_seconds,
-            user_keys=user_keys,
-        )
-    except BaseException:
-        await meter.release()
-        raise
+    upstream = await meter.open_stream(payload, user_keys=user_keys)
 
     async def relay() -> AsyncIterator[bytes]:
         delivered: list[str] = []

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import UsageRecord
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+from app.ledger.repository import as_utc
 
 
 async def page(
@@ -26,9 +23,9 @@ async def page(
 ) -> tuple[Sequence[UsageRecord], int]:
     where: list[ColumnElement[bool]] = [UsageRecord.user_id == user_id]
     if start is not None:
-        where.append(UsageRecord.created_at >= _utc(start))
+        where.append(UsageRecord.created_at >= as_utc(start))
     if end is not None:
-        where.append(UsageRecord.created_at < _utc(end))
+        where.append(UsageRecord.created_at < as_utc(end))
     rows = (
         await session.scalars(
             select(UsageRecord)
