@@ -36,7 +36,7 @@ async def hammer(url: str, *, clients: int, seconds: float) -> tuple[int, Decima
         while time.perf_counter() < deadline:
             i += 1
             async with sm() as s, s.begin():
-                hold = await ledger.place_hold(
+                hold_id = await ledger.place_hold(
                     s,
                     account_id=account.id,
                     amount=Decimal("1.00"),
@@ -44,7 +44,7 @@ async def hammer(url: str, *, clients: int, seconds: float) -> tuple[int, Decima
                     ttl=timedelta(minutes=5),
                 )
             async with sm() as s, s.begin():
-                await ledger.settle_hold(s, hold_id=hold.id, charge=Decimal("0.37"))
+                await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal("0.37"))
             done += 1
 
     await asyncio.gather(*(client(n) for n in range(clients)))

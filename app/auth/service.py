@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from app.db.models import Account, ApiKey, Membership, User
 from app.errors import Conflict
@@ -75,19 +76,33 @@ async def find_user(session: AsyncSession, *, email: str) -> User | None:
 
 
 async def authenticate(session: AsyncSession, key: str) -> Principal | None:
-    """The principal behind an API key, or ``None`` for an unknown or revoked key."""
+    """The principal behind an API key, or ``None`` for an unknown or revoked key (one query)."""
+    org_account = aliased(Account)
     row = (
         await session.execute(
-            select(User.id, User.email, User.is_admin, Account.id.label("account_id"))
+            select(
+                User.id,
+                User.email,
+                User.is_admin,
+                Account.id.label("account_id"),
+                Membership.id.label("membership_id"),
+                Membership.org_id,
+                Membership.role,
+                org_account.id.label("org_account"),
+            )
             .join(ApiKey, ApiKey.user_id == User.id)
             .join(Account, Account.user_id == User.id)
+            .outerjoin(Membership, Membership.user_id == User.id)
+            .outerjoin(org_account, org_account.org_id == Membership.org_id)
             .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
         )
     ).one_or_none()
     if row is None:
         return None
-    return await principal_for(
-        session, user_id=row.id, email=row.email, is_admin=row.is_admin, personal_account_id=row.account_id
+    if row.membership_id is None:
+        return Principal(row.id, row.email, row.account_id, row.is_admin, row.account_id)
+    return Principal(
+        row.id, row.email, row.org_account, row.is_admin, row.account_id, row.org_id, row.membership_id, row.role
     )
 
 

@@ -15,9 +15,15 @@ def is_sqlite(url: str) -> bool:
 
 
 def create_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
-    """An async engine; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` writes."""
+    """An async engine; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` writes.
+
+    SQLite connections are pooled too: opening one (a thread, the file, three PRAGMAs) cost more
+    than the rest of a request (bench/overhead.py). An in-memory database stays unpooled.
+    """
     if is_sqlite(url):
-        engine = create_async_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+        memory = make_url(url).database in (None, "", ":memory:")
+        pool: dict[str, Any] = {"poolclass": NullPool} if memory else {"pool_size": pool_size, "max_overflow": 0}
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **pool)
         _configure_sqlite(engine)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, case, func, select, update
+from sqlalchemy import ColumnElement, case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Account, Hold, LedgerEntry, Membership, utcnow
@@ -29,6 +29,7 @@ DEBIT_TYPES = frozenset({"adjustment", "refund"})
 class _Closed:
     account_id: int
     amount: int
+    charged: int
     membership_id: int | None
 
 
@@ -53,25 +54,34 @@ async def balance_of(session: AsyncSession, account_id: int) -> Decimal:
     return from_hundredths(units)
 
 
+async def _move(session: AsyncSession, *, account_id: int, delta: int, require_funds: bool = True) -> int | None:
+    """Apply ``delta`` to the balance in one conditional UPDATE (locking the row); the new balance,
+    or ``None`` when a debit would take it below zero."""
+    condition: ColumnElement[bool] = Account.id == account_id
+    if delta < 0 and require_funds:
+        condition = condition & (Account.balance >= -delta)
+    balance: int | None = await session.scalar(
+        update(Account).where(condition).values(balance=Account.balance + delta).returning(Account.balance)
+    )
+    return balance
+
+
+async def _append(session: AsyncSession, *rows: dict[str, object]) -> None:
+    """Append ledger rows with one INSERT (hot path: no ORM objects)."""
+    await session.execute(insert(LedgerEntry), [{"created_at": utcnow(), **row} for row in rows])
+
+
 async def _write(
     session: AsyncSession,
     *,
     account_id: int,
     delta: int,
     type: str,
-    hold_id: int | None = None,
     idempotency_key: str | None = None,
     description: str | None = None,
-    require_funds: bool = True,
-    user_id: int | None = None,
 ) -> LedgerEntry | None:
     """Apply ``delta`` to the balance (refusing to go below zero) and append its ledger row."""
-    condition: ColumnElement[bool] = Account.id == account_id
-    if delta < 0 and require_funds:
-        condition = condition & (Account.balance >= -delta)
-    new_balance = await session.scalar(
-        update(Account).where(condition).values(balance=Account.balance + delta).returning(Account.balance)
-    )
+    new_balance = await _move(session, account_id=account_id, delta=delta)
     if new_balance is None:
         return None
     entry = LedgerEntry(
@@ -79,10 +89,8 @@ async def _write(
         type=type,
         amount=delta,
         balance_after=new_balance,
-        hold_id=hold_id,
         idempotency_key=idempotency_key,
         description=description,
-        user_id=user_id,
     )
     session.add(entry)
     await session.flush()
@@ -155,8 +163,9 @@ async def place_hold(
     ttl: timedelta,
     membership_id: int | None = None,
     user_id: int | None = None,
-) -> Hold:
-    """Reserve ``amount`` for a request, atomically; ``InsufficientCredits`` if the balance is short.
+) -> int:
+    """Reserve ``amount`` for a request, atomically, and return the hold's id; ``InsufficientCredits``
+    if the balance is short.
 
     For an org member the reservation also counts against their allocation (conditionally, so
     concurrent members can overdraw neither the org nor their own allocation).
@@ -166,21 +175,8 @@ async def place_hold(
         raise InvalidRequest("a hold cannot be negative")
     if membership_id is not None:
         await _reserve_allocation(session, membership_id=membership_id, units=units, amount=amount)
-    now = utcnow()
-    hold = Hold(
-        account_id=account_id,
-        request_id=request_id,
-        amount=units,
-        status="open",
-        charged=0,
-        created_at=now,
-        expires_at=now + ttl,
-        membership_id=membership_id,
-    )
-    session.add(hold)
-    await session.flush()
-    entry = await _write(session, account_id=account_id, delta=-units, type="hold", hold_id=hold.id, user_id=user_id)
-    if entry is None:
+    new_balance = await _move(session, account_id=account_id, delta=-units)
+    if new_balance is None:
         balance = await balance_of(session, account_id)
         whose = "the organization has" if membership_id is not None else "insufficient credits:"
         raise InsufficientCredits(
@@ -191,7 +187,36 @@ async def place_hold(
             balance=str(balance),
             required=str(amount),
         )
-    return hold
+    now = utcnow()
+    hold_id: int = (
+        await session.scalar(
+            insert(Hold)
+            .values(
+                account_id=account_id,
+                request_id=request_id,
+                amount=units,
+                status="open",
+                charged=0,
+                created_at=now,
+                expires_at=now + ttl,
+                membership_id=membership_id,
+            )
+            .returning(Hold.id)
+        )
+        or 0
+    )
+    await _append(
+        session,
+        {
+            "account_id": account_id,
+            "type": "hold",
+            "amount": -units,
+            "balance_after": new_balance,
+            "hold_id": hold_id,
+            "user_id": user_id,
+        },
+    )
+    return hold_id
 
 
 async def _reserve_allocation(session: AsyncSession, *, membership_id: int, units: int, amount: Decimal) -> None:
@@ -232,31 +257,45 @@ async def _adjust_allocation(session: AsyncSession, membership_id: int | None, d
         )
 
 
-async def _close(session: AsyncSession, *, hold_id: int, status: str, charged: int = 0) -> _Closed | None:
-    """Move an open hold to ``status``; ``None`` if it was not open (so each hold closes once)."""
+async def _close(session: AsyncSession, *, hold_id: int, status: str, charge: int = 0) -> _Closed | None:
+    """Move an open hold to ``status``, charging ``charge`` capped at the hold; ``None`` if it was not
+    open (so each hold closes once)."""
     row = (
         await session.execute(
             update(Hold)
             .where(Hold.id == hold_id, Hold.status == "open")
-            .values(status=status, charged=charged, closed_at=utcnow())
-            .returning(Hold.account_id, Hold.amount, Hold.membership_id, Hold.request_id)
+            .values(status=status, charged=case((Hold.amount < charge, Hold.amount), else_=charge), closed_at=utcnow())
+            .returning(Hold.account_id, Hold.amount, Hold.charged, Hold.membership_id)
             .execution_options(synchronize_session=False)
         )
     ).one_or_none()
     if row is None:
         return None
-    return _Closed(account_id=row.account_id, amount=row.amount, membership_id=row.membership_id)
+    return _Closed(account_id=row.account_id, amount=row.amount, charged=row.charged, membership_id=row.membership_id)
 
 
-async def _hold_row(session: AsyncSession, hold_id: int) -> tuple[int, int, str, int | None]:
-    row = (
-        await session.execute(
-            select(Hold.account_id, Hold.amount, Hold.status, Hold.membership_id).where(Hold.id == hold_id)
+async def _give_back(
+    session: AsyncSession, closed: _Closed, *, hold_id: int, user_id: int | None, description: str | None = None
+) -> None:
+    """Return the hold to the balance and debit what it was charged: one UPDATE, one INSERT."""
+    new_balance = await _move(session, account_id=closed.account_id, delta=closed.amount - closed.charged)
+    assert new_balance is not None, "a credit never fails the funds check"
+    common = {"account_id": closed.account_id, "hold_id": hold_id, "user_id": user_id}
+    rows: list[dict[str, object]] = [
+        {**common, "type": "release", "amount": closed.amount, "balance_after": new_balance + closed.charged}
+    ]
+    if closed.charged:
+        rows.append(
+            {
+                **common,
+                "type": "api_usage",
+                "amount": -closed.charged,
+                "balance_after": new_balance,
+                "description": description,
+            }
         )
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"hold {hold_id} does not exist")
-    return row.account_id, row.amount, row.status, row.membership_id
+    await _append(session, *rows)
+    await _adjust_allocation(session, closed.membership_id, -(closed.amount - closed.charged))
 
 
 async def settle_hold(
@@ -266,48 +305,40 @@ async def settle_hold(
     wanted = to_hundredths(charge)
     if wanted < 0:
         raise InvalidRequest("a charge cannot be negative")
-    _, held, _, _ = await _hold_row(session, hold_id)
-    units = min(wanted, held)
-    closed = await _close(session, hold_id=hold_id, status="settled", charged=units)
+    closed = await _close(session, hold_id=hold_id, status="settled", charge=wanted)
     if closed is not None:
-        await _write(
-            session,
-            account_id=closed.account_id,
-            delta=closed.amount,
-            type="release",
-            hold_id=hold_id,
-            user_id=user_id,
+        await _give_back(session, closed, hold_id=hold_id, user_id=user_id, description=description)
+        return SettleResult(
+            from_hundredths(closed.charged), from_hundredths(closed.amount - closed.charged), late=False
         )
-        if units:
-            entry = await _write(
-                session,
-                account_id=closed.account_id,
-                delta=-units,
-                type="api_usage",
-                hold_id=hold_id,
-                description=description,
-                user_id=user_id,
-            )
-            assert entry is not None  # the release just returned at least this much
-        await _adjust_allocation(session, closed.membership_id, units - closed.amount)
-        return SettleResult(from_hundredths(units), from_hundredths(closed.amount - units), late=False)
-    account_id, _, status, membership_id = await _hold_row(session, hold_id)
-    if status != "expired":
-        raise Conflict(f"hold {hold_id} is already {status}")
+    row = (
+        await session.execute(
+            select(Hold.account_id, Hold.amount, Hold.status, Hold.membership_id).where(Hold.id == hold_id)
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"hold {hold_id} does not exist")
+    if row.status != "expired":
+        raise Conflict(f"hold {hold_id} is already {row.status}")
     # The sweeper released this hold before the request finished. Charge what the balance allows.
-    balance = await session.scalar(select(Account.balance).where(Account.id == account_id).with_for_update())
-    late_units = min(units, balance or 0)
+    balance = await session.scalar(select(Account.balance).where(Account.id == row.account_id).with_for_update())
+    late_units = min(wanted, row.amount, balance or 0)
     await session.execute(update(Hold).where(Hold.id == hold_id).values(charged=late_units))
-    await _adjust_allocation(session, membership_id, late_units)
+    await _adjust_allocation(session, row.membership_id, late_units)
     if late_units:
-        await _write(
+        new_balance = await _move(session, account_id=row.account_id, delta=-late_units)
+        assert new_balance is not None  # the row is locked and held at least this much
+        await _append(
             session,
-            account_id=account_id,
-            delta=-late_units,
-            type="api_usage",
-            hold_id=hold_id,
-            user_id=user_id,
-            description=(description or "") + " (settled after hold expiry)",
+            {
+                "account_id": row.account_id,
+                "type": "api_usage",
+                "amount": -late_units,
+                "balance_after": new_balance,
+                "hold_id": hold_id,
+                "user_id": user_id,
+                "description": (description or "") + " (settled after hold expiry)",
+            },
         )
     return SettleResult(from_hundredths(late_units), Decimal("0.00"), late=True)
 
@@ -319,10 +350,7 @@ async def release_hold(
     closed = await _close(session, hold_id=hold_id, status=status)
     if closed is None:
         return False
-    await _write(
-        session, account_id=closed.account_id, delta=closed.amount, type="release", hold_id=hold_id, user_id=user_id
-    )
-    await _adjust_allocation(session, closed.membership_id, -closed.amount)
+    await _give_back(session, closed, hold_id=hold_id, user_id=user_id)
     return True
 
 

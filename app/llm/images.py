@@ -12,7 +12,6 @@ from app.auth.deps import PrincipalDep, RuntimeDep
 from app.errors import InvalidRequest
 from app.errors_http import ERROR_RESPONSES
 from app.llm.metering import Meter
-from app.llm.service import user_keys_for
 from app.providers.router import openai_only
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -59,8 +58,8 @@ async def generate_images(
             param="size",
             allowed=list(model.image_sizes),
         )
-    keys = await user_keys_for(rt, principal, model)
-    meter = await Meter.open(rt, principal, model, prompt_estimate=0, images=body.n, byok=bool(keys))
+    meter = await Meter.open(rt, principal, model, prompt_estimate=0, images=body.n)
+    keys = meter.user_keys
     started = time.perf_counter()
     try:
         upstream = await rt.providers.post_json(

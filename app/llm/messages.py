@@ -23,7 +23,6 @@ from app.catalog.service import ProviderConfig
 from app.errors import InvalidRequest, ProviderUnavailable
 from app.errors_http import ERROR_RESPONSES
 from app.llm.metering import Meter
-from app.llm.service import user_keys_for
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
@@ -125,10 +124,8 @@ async def messages(
     if body.max_tokens > model.max_output_tokens:
         raise InvalidRequest(f"max_tokens exceeds {model.id}'s limit of {model.max_output_tokens}", param="max_tokens")
     prompt_estimate = pricing.estimate_prompt_tokens([body.system_text()] + [m.text() for m in body.messages])
-    keys = await user_keys_for(rt, principal, model)
-    meter = await Meter.open(
-        rt, principal, model, prompt_estimate=prompt_estimate, max_tokens=body.max_tokens, byok=bool(keys)
-    )
+    meter = await Meter.open(rt, principal, model, prompt_estimate=prompt_estimate, max_tokens=body.max_tokens)
+    keys = meter.user_keys
     if body.stream:
         return await _stream(rt, meter, body, keys)
     native = body.model_dump(exclude_none=True, exclude={"stream"})

@@ -17,11 +17,14 @@ from decimal import Decimal
 from typing import Any
 
 import anyio
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.service import Principal
+from app.byok.service import keys_for
 from app.catalog import pricing
 from app.catalog.service import ModelConfig
-from app.db.models import UsageRecord
+from app.db.models import UsageRecord, utcnow
 from app.errors import InsufficientCredits
 from app.ledger import service as ledger
 from app.money import to_hundredths
@@ -40,9 +43,14 @@ class Meter:
     increment: Decimal
     prompt_estimate: int
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    user_keys: dict[str, str] = field(default_factory=dict)  # the caller's own provider keys (BYOK)
     hold_id: int | None = None
-    byok: bool = False
     closed: bool = False
+
+    @property
+    def byok(self) -> bool:
+        """The caller pays the provider with their own key: 0 credits, usage still recorded."""
+        return bool(self.user_keys)
 
     def price(self, *, prompt_tokens: int, completion_tokens: int, images: int = 0) -> Decimal:
         """What these tokens (or images) cost in credits, rounded up to the increment."""
@@ -68,60 +76,49 @@ class Meter:
         prompt_estimate: int,
         max_tokens: int = 0,
         images: int = 0,
-        byok: bool = False,
     ) -> Meter:
-        """Hold the most this request can cost; ``InsufficientCredits`` (402) if the balance is short."""
-        async with rt.sessionmaker() as session:
-            quota_key = await rt.quotas.admit(session, principal.quota_subject)  # 429 past the plan
+        """In one transaction: load the caller's own provider keys (BYOK), count the call against the
+        plan's quota (429 past it) and hold the most this request can cost (402 if the balance is short;
+        nothing is held for BYOK). A refused hold gives the quota call back."""
+        quota_key: str | None = None
         try:
-            return await cls._hold(
-                rt, principal, model, prompt_estimate=prompt_estimate, max_tokens=max_tokens, images=images, byok=byok
-            )
+            async with rt.sessionmaker.begin() as session:
+                user_keys = await keys_for(session, user_id=principal.user_id, settings=rt.settings)
+                user_keys = {p.provider: user_keys[p.provider] for p in model.providers if p.provider in user_keys}
+                quota_key = await rt.quotas.admit(session, principal.quota_subject)
+                increment = await pricing.current_increment(session, default=rt.settings.default_credit_increment)
+                meter = cls(rt, principal, model, increment, prompt_estimate, user_keys=user_keys)
+                if not meter.byok:
+                    worst = meter.price(prompt_tokens=prompt_estimate, completion_tokens=max_tokens, images=images)
+                    meter.hold_id = await meter._hold(session, worst, images=images)
+            return meter
         except BaseException:
             await rt.quotas.give_back(quota_key)  # refused for credits: the call does not count
             raise
 
-    @classmethod
-    async def _hold(
-        cls,
-        rt: Runtime,
-        principal: Principal,
-        model: ModelConfig,
-        *,
-        prompt_estimate: int,
-        max_tokens: int,
-        images: int,
-        byok: bool,
-    ) -> Meter:
-        async with rt.sessionmaker() as session, session.begin():
-            increment = await pricing.current_increment(session, default=rt.settings.default_credit_increment)
-            meter = cls(rt, principal, model, increment, prompt_estimate, byok=byok)
-            if byok:
-                return meter
-            worst = meter.price(prompt_tokens=prompt_estimate, completion_tokens=max_tokens, images=images)
-            try:
-                hold = await ledger.place_hold(
-                    session,
-                    account_id=principal.account_id,
-                    amount=worst,
-                    request_id=meter.request_id,
-                    ttl=timedelta(seconds=rt.settings.hold_ttl_seconds),
-                    membership_id=principal.membership_id,
-                    user_id=principal.user_id,
+    async def _hold(self, session: AsyncSession, worst: Decimal, *, images: int) -> int:
+        rt, principal = self.rt, self.principal
+        try:
+            return await ledger.place_hold(
+                session,
+                account_id=principal.account_id,
+                amount=worst,
+                request_id=self.request_id,
+                ttl=timedelta(seconds=rt.settings.hold_ttl_seconds),
+                membership_id=principal.membership_id,
+                user_id=principal.user_id,
+            )
+        except InsufficientCredits as exc:
+            if not images and exc.extra.get("reason") in {"insufficient_credits", "org_insufficient_credits"}:
+                exc.extra["max_affordable_tokens"] = pricing.max_affordable_tokens(
+                    self.model,
+                    balance=Decimal(exc.extra["balance"]),
+                    prompt_tokens=self.prompt_estimate,
+                    margin=rt.settings.margin,
+                    credit_value_usd=rt.settings.credit_value_usd,
+                    increment=self.increment,
                 )
-            except InsufficientCredits as exc:
-                if not images and exc.extra.get("reason") in {"insufficient_credits", "org_insufficient_credits"}:
-                    exc.extra["max_affordable_tokens"] = pricing.max_affordable_tokens(
-                        model,
-                        balance=Decimal(exc.extra["balance"]),
-                        prompt_tokens=prompt_estimate,
-                        margin=rt.settings.margin,
-                        credit_value_usd=rt.settings.credit_value_usd,
-                        increment=increment,
-                    )
-                raise
-            meter.hold_id = hold.id
-            return meter
+            raise
 
     async def settle(
         self,
@@ -149,7 +146,10 @@ class Meter:
                         user_id=self.principal.user_id,
                     )
                     charged = result.charged
-                session.add(self._usage(provider, prompt_tokens, completion_tokens, charged, latency_ms, outcome))
+                await session.execute(
+                    insert(UsageRecord),
+                    [self._usage(provider, prompt_tokens, completion_tokens, charged, latency_ms, outcome)],
+                )
         return charged
 
     async def open_stream(self, payload: dict[str, Any], *, user_keys: dict[str, str]) -> UpstreamStream:
@@ -196,22 +196,23 @@ class Meter:
                 async with self.rt.sessionmaker() as session, session.begin():
                     if self.hold_id is not None:
                         await ledger.release_hold(session, hold_id=self.hold_id, user_id=self.principal.user_id)
-                    session.add(self._usage(provider, 0, 0, ZERO, 0, outcome))
+                    await session.execute(insert(UsageRecord), [self._usage(provider, 0, 0, ZERO, 0, outcome)])
             except Exception:  # the sweeper releases it at expiry
                 log.exception("could not release hold %s; the sweeper will", self.hold_id)
 
     def _usage(
         self, provider: str | None, prompt: int, completion: int, charged: Decimal, latency_ms: int, outcome: str
-    ) -> UsageRecord:
-        return UsageRecord(
-            request_id=self.request_id,
-            user_id=self.principal.user_id,
-            model=self.model.id,
-            provider=provider,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            credits=to_hundredths(charged),
-            latency_ms=latency_ms,
-            outcome=outcome,
-            byok=self.byok,
-        )
+    ) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "user_id": self.principal.user_id,
+            "model": self.model.id,
+            "provider": provider,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "credits": to_hundredths(charged),
+            "latency_ms": latency_ms,
+            "outcome": outcome,
+            "byok": self.byok,
+            "created_at": utcnow(),
+        }

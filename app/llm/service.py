@@ -27,7 +27,6 @@ from httpx_sse import EventSource
 from pydantic import ValidationError
 
 from app.auth.service import Principal
-from app.byok.service import keys_for
 from app.catalog import pricing
 from app.catalog.service import ModelConfig
 from app.errors import InvalidRequest, ProviderUnavailable
@@ -66,13 +65,6 @@ def _limits(rt: Runtime, request: ChatCompletionRequest) -> tuple[ModelConfig, i
     return model, max_tokens, pricing.estimate_prompt_tokens([m.text() for m in request.messages])
 
 
-async def user_keys_for(rt: Runtime, principal: Principal, model: ModelConfig) -> dict[str, str]:
-    wanted = {r.provider for r in model.providers}
-    async with rt.sessionmaker() as session:
-        keys = await keys_for(session, user_id=principal.user_id, settings=rt.settings)
-    return {name: key for name, key in keys.items() if name in wanted}
-
-
 def _payload(request: ChatCompletionRequest, max_tokens: int) -> dict[str, object]:
     payload = request.model_dump(exclude_none=True)
     payload["max_tokens"] = max_tokens
@@ -82,17 +74,14 @@ def _payload(request: ChatCompletionRequest, max_tokens: int) -> dict[str, objec
 
 async def chat_completion(rt: Runtime, principal: Principal, request: ChatCompletionRequest) -> ChatResult:
     model, max_tokens, prompt_estimate = _limits(rt, request)
-    user_keys = await user_keys_for(rt, principal, model)
-    meter = await Meter.open(
-        rt, principal, model, prompt_estimate=prompt_estimate, max_tokens=max_tokens, byok=bool(user_keys)
-    )
+    meter = await Meter.open(rt, principal, model, prompt_estimate=prompt_estimate, max_tokens=max_tokens)
     try:
         upstream = await rt.providers.post_json(
             model=model,
             build=openai_only("/chat/completions", _payload(request, max_tokens)),
             timeout=rt.settings.upstream_timeout_seconds,
             valid=is_chat_completion,
-            user_keys=user_keys,
+            user_keys=meter.user_keys,
         )
         try:
             response = ChatCompletionResponse.model_validate({**upstream.body, "model": model.id})
@@ -122,15 +111,12 @@ async def chat_completion(rt: Runtime, principal: Principal, request: ChatComple
 async def chat_stream(rt: Runtime, principal: Principal, request: ChatCompletionRequest) -> StreamResult:
     """Open the upstream stream (failover happens before the first byte) and meter what flows through."""
     model, max_tokens, prompt_estimate = _limits(rt, request)
-    user_keys = await user_keys_for(rt, principal, model)
-    meter = await Meter.open(
-        rt, principal, model, prompt_estimate=prompt_estimate, max_tokens=max_tokens, byok=bool(user_keys)
-    )
+    meter = await Meter.open(rt, principal, model, prompt_estimate=prompt_estimate, max_tokens=max_tokens)
     client_wants_usage = bool((request.stream_options or {}).get("include_usage"))
     payload = _payload(request, max_tokens)
     payload["stream_options"] = {"include_usage": True}
     started = time.perf_counter()
-    upstream = await meter.open_stream(payload, user_keys=user_keys)
+    upstream = await meter.open_stream(payload, user_keys=meter.user_keys)
 
     async def relay() -> AsyncIterator[bytes]:
         delivered: list[str] = []

@@ -22,14 +22,14 @@ async def test_fifty_concurrent_holds_on_one_balance(
     async def attempt(i: int) -> int | None:
         try:
             async with db_sessionmaker() as s, s.begin():
-                hold = await ledger.place_hold(
+                hold_id = await ledger.place_hold(
                     s,
                     account_id=funded_user.account_id,
                     amount=Decimal(100),
                     request_id=f"req-{i}",
                     ttl=timedelta(minutes=5),
                 )
-                return hold.id
+                return hold_id
         except InsufficientCredits:
             return None
 

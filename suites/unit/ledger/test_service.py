@@ -26,10 +26,10 @@ async def _balance(sm: SM, account_id: int) -> Decimal:
 
 async def _hold(sm: SM, user: TestUser, amount: str, request_id: str) -> int:
     async with sm() as s, s.begin():
-        hold = await ledger.place_hold(
+        hold_id = await ledger.place_hold(
             s, account_id=user.account_id, amount=Decimal(amount), request_id=request_id, ttl=TTL
         )
-        return hold.id
+        return hold_id
 
 
 async def test_hold_then_settle_charges_actual_and_releases_rest(db_sessionmaker: SM, funded_user: TestUser) -> None:

@@ -82,14 +82,14 @@ class LedgerMachine(RuleBasedStateMachine):
         async def go() -> int | None:
             try:
                 async with self.sm() as s, s.begin():
-                    h = await ledger.place_hold(
+                    hold_id = await ledger.place_hold(
                         s,
                         account_id=self.account_id,
                         amount=amount,
                         request_id=f"r{self.counter}",
                         ttl=timedelta(minutes=5),
                     )
-                    return h.id
+                    return hold_id
             except InsufficientCredits:
                 return None
 
