@@ -66,7 +66,7 @@ def contract(session: nox.Session) -> None:
 def e2e(session: nox.Session) -> None:
     """End-to-end flows on real Postgres with live uvicorn workers and fake providers on real ports."""
     install(session, "test")
-    pytest(session, "suites/e2e")
+    pytest(session, "suites/e2e", "--flow-report=reports/e2e-report.md")
 
 
 @nox.session(default=False)

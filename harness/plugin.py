@@ -7,9 +7,11 @@ lists every public fixture with its one-line docstring.
 from __future__ import annotations
 
 from collections.abc import Generator
+from pathlib import Path
 
 import pytest
 
+from harness.report import FlowReport
 from harness.services.base import BACKENDS
 
 pytest_plugins = [
@@ -19,6 +21,7 @@ pytest_plugins = [
     "harness.fixtures.factories",
     "harness.fixtures.live_server",
     "harness.fixtures.billing",
+    "harness.report",
 ]
 
 MARKERS = {
@@ -48,6 +51,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="database behind the database_url fixture unless a test picks one (default: sqlite)",
     )
+    group.addoption(
+        "--flow-report",
+        metavar="PATH",
+        default=None,
+        help="write a Markdown report of the tests using the `flow` fixture (steps, pass/fail, balances)",
+    )
     parser.addini("harness_services", "default for --harness-services", default="")
     parser.addini("harness_db", "default for --harness-db", default="sqlite")
 
@@ -58,6 +67,9 @@ def pytest_configure(config: pytest.Config) -> None:
     db = config.getoption("harness_db") or config.getini("harness_db")
     if db not in DB_BACKENDS:
         raise pytest.UsageError(f"harness_db = {db!r}: set it to one of {', '.join(DB_BACKENDS)} in your ini file")
+    report = config.getoption("flow_report")
+    if report and not hasattr(config, "workerinput"):  # the xdist controller (or a plain run) writes it
+        config.pluginmanager.register(FlowReport(Path(report)), "harness-flow-report")
     services = config.getini("harness_services")
     if services and services not in BACKENDS:
         raise pytest.UsageError(

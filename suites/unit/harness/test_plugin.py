@@ -83,3 +83,40 @@ def test_bad_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*harness_db = 'oracle'*sqlite, postgres*"])
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["plain", "xdist"])
+def test_flow_report_lists_steps_results_and_balances(pytester: pytest.Pytester, xdist: bool) -> None:
+    pytester.makepyfile(
+        """
+        def test_good(flow):
+            '''A flow that works.'''
+            with flow.step("top up"):
+                pass
+            flow.balance("alice", before="0.00", after="10.00")
+
+        def test_bad(flow):
+            with flow.step("first"):
+                pass
+            with flow.step("second | breaks"):
+                assert 1 == 2, "boom"
+            with flow.step("never reached"):
+                pass
+
+        def test_without_flow():
+            pass
+        """
+    )
+    args = ["-p", "no:cacheprovider", "--flow-report=out/report.md", *(["-n", "2"] if xdist else [])]
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=2, failed=1)
+    report = (pytester.path / "out" / "report.md").read_text()
+    assert report.startswith("# End-to-end flows: 1 of 2 passed")
+    assert "## PASS — `test_flow_report_lists_steps_results_and_balances.py::test_good`" in report
+    assert "A flow that works." in report
+    assert "| 1 | top up | pass |" in report
+    assert "| alice | 0.00 | 10.00 |" in report
+    assert "## FAILED — `test_flow_report_lists_steps_results_and_balances.py::test_bad`" in report
+    assert "| 2 | second \\| breaks | FAIL: AssertionError(" in report
+    assert "never reached" not in report
+    assert "test_without_flow" not in report
