@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 import app as app_pkg
 from app import errors_http
 from app.admin.routes import router as admin_router
+from app.auth.oidc import OidcVerifier
 from app.billing.routes import router as billing_router
 from app.billing.stripe_client import build_client
 from app.byok.routes import router as byok_router
@@ -21,10 +22,13 @@ from app.catalog.routes import router as catalog_router
 from app.catalog.service import Catalog
 from app.db.engine import create_engine, create_sessionmaker
 from app.db.migrate import current_revision, head_revision
+from app.integrations.routes import router as integrations_router
 from app.ledger.sweeper import run_forever
 from app.llm.images import router as images_router
 from app.llm.messages import router as messages_router
 from app.llm.routes import router as llm_router
+from app.notifications.delivery import deliver_forever
+from app.notifications.routes import router as notifications_router
 from app.orgs.routes import router as orgs_router
 from app.providers.router import ProviderPool
 from app.quotas.service import MemoryCounter, Quotas, RedisCounter, load_plans
@@ -82,6 +86,8 @@ def create_app(
                 transport=upstream_transport,
                 timeout=httpx.Timeout(settings.upstream_timeout_seconds, connect=10.0),
             )
+            # Identity providers and notification receivers: real HTTP, never the upstream transport.
+            integrations = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
             redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
             app.state.runtime = Runtime(
                 settings=settings,
@@ -102,17 +108,25 @@ def create_app(
                 ),
                 redis=redis,
                 stripe=build_client(settings),
+                oidc=OidcVerifier(settings, integrations) if settings.oidc_issuer else None,
+                integrations=integrations,
             )
-            sweeper = asyncio.create_task(
-                run_forever(app.state.runtime.sessionmaker, interval=settings.sweep_interval_seconds)
-            )
+            tasks = [
+                asyncio.create_task(
+                    run_forever(app.state.runtime.sessionmaker, interval=settings.sweep_interval_seconds)
+                )
+            ]
+            if settings.notify_webhook_url:
+                tasks.append(asyncio.create_task(deliver_forever(app.state.runtime)))
             try:
                 yield
             finally:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+                for task in tasks:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 await http.aclose()
+                await integrations.aclose()
                 if redis is not None:
                     await redis.aclose()
         finally:
@@ -136,6 +150,8 @@ def create_app(
         images_router,
         billing_router,
         admin_router,
+        integrations_router,
+        notifications_router,
     ):
         app.include_router(router)
     return app

@@ -9,6 +9,7 @@ import stripe
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.auth.oidc import OidcVerifier
 from app.catalog.service import Catalog
 from app.providers.router import ProviderPool
 from app.quotas.service import Quotas
@@ -26,3 +27,5 @@ class Runtime:
     quotas: Quotas
     redis: Redis | None = None
     stripe: stripe.StripeClient | None = None
+    oidc: OidcVerifier | None = None
+    integrations: httpx.AsyncClient | None = None  # identity providers, notification receivers

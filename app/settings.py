@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.money import check_increment
@@ -43,6 +43,42 @@ class Settings(BaseSettings):
     portal_return_url: str = "http://localhost:8000/"
     min_topup_usd: Decimal = Field(default=Decimal(1), gt=0)
     max_topup_usd: Decimal = Field(default=Decimal(10_000), gt=0)
+
+    # OIDC (e.g. Keycloak: https://sso.example.com/realms/acme). Without an issuer only API keys sign in.
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = Field(default=None, description="the aud tokens must carry (Keycloak: the client id)")
+    oidc_roles_claim: str = Field(default="realm_access.roles", description="dotted path to the roles list")
+    oidc_admin_role: str = "creditgate-admin"
+    oidc_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    oidc_jwks_ttl_seconds: int = Field(default=600, ge=0)
+
+    # Lago subscription webhooks: the HMAC key (Lago's API key) and/or the RS256 public key (PEM).
+    lago_hmac_key: str | None = Field(default=None, repr=False)
+    lago_public_key: str | None = None
+    lago_issuer: str = "https://api.getlago.com"
+    lago_plan_map: dict[str, str] = Field(
+        default_factory=dict, description='Lago plan code → plan, e.g. {"pro": "professional"}'
+    )
+
+    # Telegram Mini App sign-in: the bot's token; initData older than the max age is refused.
+    telegram_bot_token: str | None = Field(default=None, repr=False)
+    telegram_max_age_seconds: int = Field(default=3600, gt=0)
+    telegram_key_ttl_seconds: int = Field(default=3600, gt=0)
+
+    # Notifications: delivered to this URL, signed with the secret; a balance below the threshold notifies.
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: str | None = Field(default=None, repr=False)
+    notify_low_balance: Decimal = Field(default=Decimal(100), ge=0)
+    notify_poll_seconds: float = Field(default=1.0, gt=0)
+    notify_max_attempts: int = Field(default=12, gt=0)
+
+    @model_validator(mode="after")
+    def _oidc_needs_an_audience(self) -> Settings:
+        if self.oidc_issuer and not self.oidc_audience:
+            raise ValueError(
+                "CREDITGATE_OIDC_AUDIENCE is required with CREDITGATE_OIDC_ISSUER (tokens' aud is checked)"
+            )
+        return self
 
     @field_validator("default_credit_increment")
     @classmethod

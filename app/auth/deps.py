@@ -9,11 +9,16 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.oidc import looks_like_jwt
 from app.auth.service import Principal, authenticate
 from app.errors import AuthenticationFailed, PermissionDenied
 from app.runtime import Runtime
 
-_bearer = HTTPBearer(auto_error=False, description="An API key from `creditgate create-key`.")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key (`creditgate create-key`, or from /auth/telegram/exchange) or, when an OIDC issuer "
+    "is configured, an access token (JWT) from it.",
+)
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -32,8 +37,12 @@ async def get_principal(
 ) -> Principal:
     if credentials is None or not credentials.credentials:
         raise AuthenticationFailed("missing API key: send Authorization: Bearer <key>")
+    token = credentials.credentials
+    if rt.oidc is not None and looks_like_jwt(token):
+        async with rt.sessionmaker.begin() as session:  # may provision the user on first sign-in
+            return await rt.oidc.principal(session, token)
     async with rt.sessionmaker() as session:
-        principal = await authenticate(session, credentials.credentials)
+        principal = await authenticate(session, token)
     if principal is None:
         raise AuthenticationFailed("invalid API key")
     return principal

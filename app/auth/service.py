@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from app.db.models import Account, ApiKey, Membership, User
+from app.db.models import Account, ApiKey, Membership, User, utcnow
 from app.errors import Conflict
 from app.ledger import service as ledger
 
@@ -62,10 +63,11 @@ async def create_user(
     return user, account
 
 
-async def issue_key(session: AsyncSession, *, user_id: int) -> str:
-    """Create an API key for a user and return it; only its hash is stored."""
+async def issue_key(session: AsyncSession, *, user_id: int, ttl: timedelta | None = None) -> str:
+    """Create an API key for a user (expiring after ``ttl`` if given) and return it; only its hash is stored."""
     key = new_key()
-    session.add(ApiKey(user_id=user_id, prefix=key[:10], key_hash=hash_key(key)))
+    expires_at = utcnow() + ttl if ttl is not None else None
+    session.add(ApiKey(user_id=user_id, prefix=key[:10], key_hash=hash_key(key), expires_at=expires_at))
     await session.flush()
     return key
 
@@ -94,7 +96,11 @@ async def authenticate(session: AsyncSession, key: str) -> Principal | None:
             .join(Account, Account.user_id == User.id)
             .outerjoin(Membership, Membership.user_id == User.id)
             .outerjoin(org_account, org_account.org_id == Membership.org_id)
-            .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+            .where(
+                ApiKey.key_hash == hash_key(key),
+                ApiKey.revoked_at.is_(None),
+                ApiKey.expires_at.is_(None) | (ApiKey.expires_at > utcnow()),
+            )
         )
     ).one_or_none()
     if row is None:

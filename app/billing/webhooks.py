@@ -35,6 +35,7 @@ from app.db.models import Account, Payment, StripeEvent, utcnow
 from app.errors import InvalidSignature
 from app.ledger import service as ledger
 from app.money import from_hundredths
+from app.notifications.outbox import notify_account
 from app.quotas.service import load_plans, set_plan
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,16 @@ async def _checkout_completed(session: AsyncSession, obj: dict[str, Any]) -> str
         return "already credited"
     payment.status = "paid"
     payment.paid_at = utcnow()
+    await notify_account(
+        session,
+        account_id=payment.account_id,
+        type="payment_received",
+        data={
+            "credits": str(from_hundredths(payment.credits)),
+            "amount_cents": payment.amount_cents,
+            "checkout_session": payment.checkout_session_id,
+        },
+    )
     await _apply_waiting(session, payment)
     await _reconcile(session, payment)
     return "credited"
@@ -203,6 +214,16 @@ async def _reconcile(session: AsyncSession, payment: Payment) -> str:
             description=f"reversal of Stripe payment {payment.checkout_session_id}",
         )
         payment.reversed_credits += collectable
+        await notify_account(
+            session,
+            account_id=payment.account_id,
+            type="refund",
+            data={
+                "credits": str(from_hundredths(collectable)),
+                "checkout_session": payment.checkout_session_id,
+                "status": payment.status,
+            },
+        )
     if collectable < owed:
         log.warning("payment %s: %s credits already spent, still owed", payment.id, from_hundredths(owed - collectable))
         return "partially reversed (credits already spent)"

@@ -38,6 +38,7 @@ class SettleResult:
     charged: Decimal
     released: Decimal
     late: bool  # the hold had already been released by the sweeper; charged what the balance allowed
+    balance: Decimal = Decimal("0.00")  # the account's balance right after
 
 
 async def open_account(session: AsyncSession, *, user_id: int | None) -> Account:
@@ -276,7 +277,7 @@ async def _close(session: AsyncSession, *, hold_id: int, status: str, charge: in
 
 async def _give_back(
     session: AsyncSession, closed: _Closed, *, hold_id: int, user_id: int | None, description: str | None = None
-) -> None:
+) -> int:
     """Return the hold to the balance and debit what it was charged: one UPDATE, one INSERT."""
     new_balance = await _move(session, account_id=closed.account_id, delta=closed.amount - closed.charged)
     assert new_balance is not None, "a credit never fails the funds check"
@@ -296,6 +297,7 @@ async def _give_back(
         )
     await _append(session, *rows)
     await _adjust_allocation(session, closed.membership_id, -(closed.amount - closed.charged))
+    return new_balance
 
 
 async def settle_hold(
@@ -340,7 +342,8 @@ async def settle_hold(
                 "description": (description or "") + " (settled after hold expiry)",
             },
         )
-    return SettleResult(from_hundredths(late_units), Decimal("0.00"), late=True)
+    left = (balance or 0) - late_units
+    return SettleResult(from_hundredths(late_units), Decimal("0.00"), late=True, balance=from_hundredths(left))
 
 
 async def release_hold(

@@ -28,7 +28,9 @@ from app.db.models import UsageRecord, utcnow
 from app.errors import InsufficientCredits
 from app.ledger import service as ledger
 from app.money import to_hundredths
+from app.notifications.outbox import crossed_below, notify_account
 from app.providers.router import UpstreamStream
+from app.quotas.service import Admission
 from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -80,12 +82,19 @@ class Meter:
         """In one transaction: load the caller's own provider keys (BYOK), count the call against the
         plan's quota (429 past it) and hold the most this request can cost (402 if the balance is short;
         nothing is held for BYOK). A refused hold gives the quota call back."""
-        quota_key: str | None = None
+        admission: Admission | None = None
         try:
             async with rt.sessionmaker.begin() as session:
                 user_keys = await keys_for(session, user_id=principal.user_id, settings=rt.settings)
                 user_keys = {p.provider: user_keys[p.provider] for p in model.providers if p.provider in user_keys}
-                quota_key = await rt.quotas.admit(session, principal.quota_subject)
+                admission = await rt.quotas.admit(session, principal.quota_subject)
+                if admission is not None and (crossed := admission.crossed()) is not None:
+                    await notify_account(
+                        session,
+                        account_id=principal.account_id,
+                        type=crossed,
+                        data={"subject": principal.quota_subject, "calls": admission.count, "limit": admission.limit},
+                    )
                 increment = await pricing.current_increment(session, default=rt.settings.default_credit_increment)
                 meter = cls(rt, principal, model, increment, prompt_estimate, user_keys=user_keys)
                 if not meter.byok:
@@ -93,7 +102,7 @@ class Meter:
                     meter.hold_id = await meter._hold(session, worst, images=images)
             return meter
         except BaseException:
-            await rt.quotas.give_back(quota_key)  # refused for credits: the call does not count
+            await rt.quotas.give_back(admission)  # refused for credits: the call does not count
             raise
 
     async def _hold(self, session: AsyncSession, worst: Decimal, *, images: int) -> int:
@@ -146,6 +155,14 @@ class Meter:
                         user_id=self.principal.user_id,
                     )
                     charged = result.charged
+                    threshold = self.rt.settings.notify_low_balance
+                    if crossed_below(threshold, before=result.balance + charged, after=result.balance):
+                        await notify_account(
+                            session,
+                            account_id=self.principal.account_id,
+                            type="low_balance",
+                            data={"balance": str(result.balance), "threshold": str(threshold)},
+                        )
                 await session.execute(
                     insert(UsageRecord),
                     [self._usage(provider, prompt_tokens, completion_tokens, charged, latency_ms, outcome)],

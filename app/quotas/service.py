@@ -102,6 +102,23 @@ class MemoryCounter:
             self._counts[key] = max(self._counts.get(key, 1) - 1, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A counted call: the counter's key (to give the call back), the count it reached, the plan's limit."""
+
+    key: str
+    count: int
+    limit: int
+
+    def crossed(self) -> str | None:
+        """``quota_80`` / ``quota_100`` on the call that reaches 80 % / 100 % of the limit, else ``None``."""
+        if self.count == self.limit:
+            return "quota_100"
+        if self.count == -(-self.limit * 8 // 10):  # ceil(0.8 × limit)
+            return "quota_80"
+        return None
+
+
 @dataclass
 class Quotas:
     counter: Counter
@@ -112,8 +129,9 @@ class Quotas:
         plan = await session.scalar(select(Subscription.plan).where(Subscription.subject == subject))
         return plan if plan in self.plans else self.default_plan
 
-    async def admit(self, session: AsyncSession, subject: str) -> str | None:
-        """Count one call for ``subject``; ``QuotaExceeded`` (429) past its plan. Returns the key to give back."""
+    async def admit(self, session: AsyncSession, subject: str) -> Admission | None:
+        """Count one call for ``subject``; ``QuotaExceeded`` (429) past its plan. ``None`` when not counted
+        (an unlimited plan, or the counter unreachable)."""
         plan = await self.plan_of(session, subject)
         limit = self.plans.get(plan)
         if limit is None:
@@ -122,7 +140,7 @@ class Quotas:
         reset = int(period_end(now).timestamp())
         key = f"quota:{subject}:{now:%Y%m}"
         try:
-            _, allowed = await self.counter.take(key, limit=limit, reset=reset)
+            count, allowed = await self.counter.take(key, limit=limit, reset=reset)
         except Exception:  # Redis unreachable: fail open, the ledger still guards the money
             log.warning("quota counter unavailable; allowing the call", exc_info=True)
             return None
@@ -134,12 +152,12 @@ class Quotas:
                 reset=reset,
                 plan=plan,
             )
-        return key
+        return Admission(key, count, limit)
 
-    async def give_back(self, key: str | None) -> None:
-        if key is not None:
+    async def give_back(self, admission: Admission | None) -> None:
+        if admission is not None:
             try:
-                await self.counter.give_back(key)
+                await self.counter.give_back(admission.key)
             except Exception:
                 log.warning("could not give a quota call back", exc_info=True)
 

@@ -1,0 +1,1 @@
+"""Integrations our users run: Lago subscriptions, Telegram Mini App sign-in."""

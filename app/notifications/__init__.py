@@ -1,0 +1,1 @@
+"""Notifications: an outbox written with its cause, delivered signed and at least once."""
