@@ -21,6 +21,7 @@ pytest_plugins = [
     "harness.fixtures.factories",
     "harness.fixtures.live_server",
     "harness.fixtures.billing",
+    "harness.fixtures.integrations",
     "harness.report",
 ]
 

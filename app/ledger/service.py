@@ -38,7 +38,7 @@ class SettleResult:
     charged: Decimal
     released: Decimal
     late: bool  # the hold had already been released by the sweeper; charged what the balance allowed
-    balance: Decimal = Decimal("0.00")  # the account's balance right after
+    balance: Decimal  # the account's balance right after
 
 
 async def open_account(session: AsyncSession, *, user_id: int | None) -> Account:
@@ -309,9 +309,12 @@ async def settle_hold(
         raise InvalidRequest("a charge cannot be negative")
     closed = await _close(session, hold_id=hold_id, status="settled", charge=wanted)
     if closed is not None:
-        await _give_back(session, closed, hold_id=hold_id, user_id=user_id, description=description)
+        balance = await _give_back(session, closed, hold_id=hold_id, user_id=user_id, description=description)
         return SettleResult(
-            from_hundredths(closed.charged), from_hundredths(closed.amount - closed.charged), late=False
+            from_hundredths(closed.charged),
+            from_hundredths(closed.amount - closed.charged),
+            late=False,
+            balance=from_hundredths(balance),
         )
     row = (
         await session.execute(
@@ -323,8 +326,8 @@ async def settle_hold(
     if row.status != "expired":
         raise Conflict(f"hold {hold_id} is already {row.status}")
     # The sweeper released this hold before the request finished. Charge what the balance allows.
-    balance = await session.scalar(select(Account.balance).where(Account.id == row.account_id).with_for_update())
-    late_units = min(wanted, row.amount, balance or 0)
+    current = await session.scalar(select(Account.balance).where(Account.id == row.account_id).with_for_update())
+    late_units = min(wanted, row.amount, current or 0)
     await session.execute(update(Hold).where(Hold.id == hold_id).values(charged=late_units))
     await _adjust_allocation(session, row.membership_id, late_units)
     if late_units:
@@ -342,7 +345,7 @@ async def settle_hold(
                 "description": (description or "") + " (settled after hold expiry)",
             },
         )
-    left = (balance or 0) - late_units
+    left = (current or 0) - late_units
     return SettleResult(from_hundredths(late_units), Decimal("0.00"), late=True, balance=from_hundredths(left))
 
 

@@ -1,0 +1,83 @@
+"""Notifications: written with their cause, listed, delivered signed, retried, at least once under stable ids."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import httpx
+from fastapi import FastAPI
+
+from app.notifications.delivery import backoff, sign
+from harness.fakes.receiver import NotificationReceiver, signature_ok
+from harness.fixtures.factories import TestUser, UserFactory
+
+CHAT = "/v1/chat/completions"
+BODY = {"model": "test-model", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def until(predicate, seconds: float = 10) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(int(seconds / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_low_balance_is_notified_once_and_delivered_signed_after_retries(
+    settings,
+    app: FastAPI,
+    async_client: httpx.AsyncClient,
+    funded_user: TestUser,
+    notification_receiver: tuple[NotificationReceiver, str],
+) -> None:  # type: ignore[no-untyped-def]
+    receiver, _ = notification_receiver
+    receiver.fail_next = 1  # the first delivery fails: it is retried after the backoff
+    settings.notify_low_balance = Decimal("999.99")
+    for _ in range(2):  # only the request that crosses the threshold notifies
+        assert (await async_client.post(CHAT, json=BODY, headers=funded_user.headers)).status_code == 200
+    listed = (await async_client.get("/user/notifications", headers=funded_user.headers)).json()["data"]
+    assert [n["type"] for n in listed] == ["low_balance"]
+    assert listed[0]["data"]["threshold"] == "999.99"
+    await until(lambda: len(receiver.received) == 1)
+    delivered = receiver.received[0]
+    assert (delivered["id"], delivered["type"], delivered["user_id"]) == (
+        listed[0]["id"],
+        "low_balance",
+        funded_user.id,
+    )
+    assert receiver.rejected_signatures == 0
+    again = (await async_client.get("/user/notifications", headers=funded_user.headers)).json()["data"][0]
+    assert (again["delivered"], again["attempts"]) == (True, 2)
+
+
+async def test_quota_80_and_100_percent(
+    app: FastAPI, async_client: httpx.AsyncClient, user_factory: UserFactory
+) -> None:
+    quotas = app.state.runtime.quotas
+    quotas.plans["tiny"], quotas.default_plan = 5, "tiny"
+    user = await user_factory(credits=1000)
+    statuses = [(await async_client.post(CHAT, json=BODY, headers=user.headers)).status_code for _ in range(6)]
+    assert statuses == [200] * 5 + [429]
+    listed = (await async_client.get("/user/notifications", headers=user.headers)).json()["data"]
+    assert sorted((n["type"], n["data"]["calls"]) for n in listed) == [("quota_100", 5), ("quota_80", 4)]
+
+
+async def test_a_refused_request_leaves_no_notification(
+    app: FastAPI, async_client: httpx.AsyncClient, user_factory: UserFactory
+) -> None:
+    quotas = app.state.runtime.quotas
+    quotas.plans["tiny"], quotas.default_plan = 1, "tiny"
+    broke = await user_factory(credits=0)
+    assert (await async_client.post(CHAT, json=BODY, headers=broke.headers)).status_code == 402
+    assert (await async_client.get("/user/notifications", headers=broke.headers)).json()["data"] == []
+
+
+def test_signature_and_backoff() -> None:
+    header = sign("secret", b'{"a":1}', 1_700_000_000)
+    assert header.startswith("t=1700000000,v1=")
+    assert signature_ok("secret", b'{"a":1}', header)
+    assert not signature_ok("secret", b'{"a":2}', header)
+    assert not signature_ok("other", b'{"a":1}', header)
+    assert not signature_ok("secret", b'{"a":1}', None)
+    assert [backoff(n).total_seconds() for n in (0, 1, 5, 20)] == [1, 2, 32, 3600]
