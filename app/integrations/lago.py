@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import InboundEvent, Org, User
-from app.errors import InvalidRequest, InvalidSignature, ServiceUnavailable
+from app.errors import InvalidRequest, InvalidSignature
 from app.quotas.service import load_plans, set_plan
 from app.settings import Settings
 
@@ -38,13 +38,13 @@ def verify(body: bytes, headers: dict[str, str], settings: Settings) -> dict[str
         raise InvalidSignature("missing X-Lago-Signature")
     if algorithm == "hmac":
         if not settings.lago_hmac_key:
-            raise ServiceUnavailable("Lago HMAC webhooks are not configured: set CREDITGATE_LAGO_HMAC_KEY")
+            raise InvalidSignature("hmac signatures are not configured here (CREDITGATE_LAGO_HMAC_KEY)")
         expected = base64.b64encode(hmac.new(settings.lago_hmac_key.encode(), body, hashlib.sha256).digest())
         if not hmac.compare_digest(expected, signature.encode()):
             raise InvalidSignature("X-Lago-Signature does not match the body")
     elif algorithm == "jwt":
         if not settings.lago_public_key:
-            raise ServiceUnavailable("Lago JWT webhooks are not configured: set CREDITGATE_LAGO_PUBLIC_KEY")
+            raise InvalidSignature("jwt signatures are not configured here (CREDITGATE_LAGO_PUBLIC_KEY)")
         try:
             claims = jwt.decode(signature, settings.lago_public_key, algorithms=["RS256"], issuer=settings.lago_issuer)
         except jwt.InvalidTokenError as exc:

@@ -15,6 +15,7 @@ from app.db.engine import create_engine, create_sessionmaker
 from harness.auditor import audit_url
 from harness.catalog import catalog_for_tests
 from harness.fakes.providers import FakeProvider
+from harness.fakes.signers import LAGO_HMAC_KEY, TELEGRAM_BOT_TOKEN
 from harness.fakes.stripe import FakeStripe
 from harness.fixtures.database import migrate
 from harness.fixtures.live_server import LiveServer, ThreadedServer, start_gateway
@@ -60,6 +61,9 @@ def contract_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contr
         "CREDITGATE_STRIPE_WEBHOOK_SECRET": "whsec_contract",
         "CREDITGATE_STRIPE_API_BASE": stripe.url,
         "CREDITGATE_BYOK_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        # Configured, so schemathesis reaches the verifiers (an unconfigured integration answers 503).
+        "CREDITGATE_LAGO_HMAC_KEY": LAGO_HMAC_KEY,
+        "CREDITGATE_TELEGRAM_BOT_TOKEN": TELEGRAM_BOT_TOKEN,
     }
     server = start_gateway(env=env, log_path=root / "gateway.log")
     try:
