@@ -1,0 +1,130 @@
+"""Identity and integrations end to end: a Keycloak user signs in, tops up, is notified, spends; Lago changes the quota.
+
+Two live gateway workers on Postgres + Redis; the fake Keycloak issuer, fake Stripe, fake provider and the
+notification receiver each on a real port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+import redis.asyncio as redis
+
+from harness.fakes.oidc import FakeOidcIssuer
+from harness.fakes.receiver import NotificationReceiver
+from harness.fakes.signers import LAGO_HMAC_KEY, lago_webhook
+from harness.fakes.stripe import StripeWebhooks
+from harness.fixtures.billing import FakeStripeServer
+from harness.fixtures.live_server import LiveServerFactory
+from harness.report import Flow
+from harness.services import Service
+
+pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
+CHAT = "/v1/chat/completions"
+BODY = {"model": "test-model", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+async def gateway(
+    live_server_factory: LiveServerFactory,
+    redis_service: Service,
+    fake_stripe: FakeStripeServer,
+    fake_oidc: FakeOidcIssuer,
+    notification_receiver: tuple[NotificationReceiver, str],
+) -> AsyncIterator[httpx.AsyncClient]:
+    receiver, url = notification_receiver
+    client = redis.Redis.from_url(redis_service.url)
+    async for stale in client.scan_iter("quota:*"):  # user ids repeat across tests' databases
+        await client.delete(stale)
+    await client.aclose()
+    env = {
+        **fake_stripe.env(),
+        "CREDITGATE_REDIS_URL": redis_service.url,
+        "CREDITGATE_DEFAULT_PLAN": "trial",
+        "CREDITGATE_OIDC_ISSUER": fake_oidc.issuer,
+        "CREDITGATE_OIDC_AUDIENCE": fake_oidc.client_id,
+        "CREDITGATE_LAGO_HMAC_KEY": LAGO_HMAC_KEY,
+        "CREDITGATE_NOTIFY_WEBHOOK_URL": url,
+        "CREDITGATE_NOTIFY_WEBHOOK_SECRET": receiver.secret,
+        "CREDITGATE_NOTIFY_POLL_SECONDS": "0.1",
+    }
+    server = live_server_factory(workers=2, env=env)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+async def eventually(predicate, seconds: float = 15) -> None:  # type: ignore[no-untyped-def]
+    for _ in range(int(seconds / 0.1)):
+        if predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("not within the time allowed")
+
+
+async def test_keycloak_user_signs_in_tops_up_is_notified_spends_and_lago_changes_the_quota(
+    flow: Flow,
+    gateway: httpx.AsyncClient,
+    fake_oidc: FakeOidcIssuer,
+    fake_stripe: FakeStripeServer,
+    notification_receiver: tuple[NotificationReceiver, str],
+    redis_service: Service,
+) -> None:
+    """Keycloak sign-in → Stripe top-up → signed notification → spend with the JWT → Lago lifts the quota."""
+    receiver, _ = notification_receiver
+    kc_user = fake_oidc.add_user("kate", email="kate@example.test", password="pw-kate")
+    with flow.step("kate gets an access token from Keycloak (password grant) and is provisioned on first use"):
+        async with httpx.AsyncClient() as http:
+            form = {
+                "grant_type": "password",
+                "client_id": fake_oidc.client_id,
+                "client_secret": fake_oidc.client_secret,
+                "username": "kate",
+                "password": "pw-kate",
+            }
+            token = (await http.post(f"{fake_oidc.issuer}/protocol/openid-connect/token", data=form)).json()
+        headers = {"Authorization": f"Bearer {token['access_token']}"}
+        first = await gateway.get("/user/balance", headers=headers)
+        assert (first.status_code, first.json()["balance"]) == (200, "0.00")
+    with flow.step("she buys $5 through Stripe; the webhook credits 500 and writes a payment notification"):
+
+        async def deliver(payload: bytes, hook_headers: dict[str, str]) -> httpx.Response:
+            return await gateway.post("/billing/webhook", content=payload, headers=hook_headers)
+
+        hooks = StripeWebhooks(fake_stripe.state, deliver, secret=fake_stripe.webhook_secret)
+        session = await gateway.post("/billing/checkout", json={"amount_usd": "5"}, headers=headers)
+        assert session.status_code == 200, session.text
+        fake_stripe.complete(session.json()["id"])
+        assert [r.json()["outcome"] for r in await hooks.deliver_pending()] == ["credited"]
+        assert (await gateway.get("/user/balance", headers=headers)).json()["balance"] == "500.00"
+    flow.balance("kate (Keycloak user)", before="0.00", after="500.00")
+    with flow.step("the receiver gets payment_received, signed, under the id /user/notifications shows"):
+        await eventually(lambda: any(n["type"] == "payment_received" for n in receiver.received))
+        listed = (await gateway.get("/user/notifications", headers=headers)).json()["data"]
+        payment = next(n for n in listed if n["type"] == "payment_received")
+        assert payment["data"]["credits"] == "500.00"
+        assert payment["id"] in receiver.unique
+        assert receiver.rejected_signatures == 0
+    with flow.step("she spends credits with the same JWT"):
+        spent = await gateway.post(CHAT, json=BODY, headers=headers)
+        assert spent.status_code == 200, spent.text
+        after = (await gateway.get("/user/balance", headers=headers)).json()["balance"]
+        assert float(after) == pytest.approx(500 - float(spent.headers["X-Creditgate-Credits-Charged"]))
+    flow.balance("kate after one request", before="500.00", after=after)
+    user_id = receiver.unique[payment["id"]]["user_id"]
+    key = f"quota:user:{user_id}:{datetime.now(UTC):%Y%m}"
+    counter = redis.Redis.from_url(redis_service.url)
+    with flow.step("on the trial plan (700 calls), the 701st call of the month is refused with 429"):
+        await counter.set(key, 700, keepttl=True)  # as if the month's 700 calls were made
+        refused = await gateway.post(CHAT, json=BODY, headers=headers)
+        assert (refused.status_code, refused.headers["X-RateLimit-Limit"]) == (429, "700")
+    with flow.step("a signed Lago subscription.started moves her to professional; the next call goes through"):
+        subscription = {"external_customer_id": kc_user.email, "plan_code": "professional", "status": "active"}
+        raw, lago_headers = lago_webhook("subscription.started", subscription, hmac_key=LAGO_HMAC_KEY)
+        applied = await gateway.post("/integrations/lago/webhook", content=raw, headers=lago_headers)
+        assert applied.json()["outcome"] == "plan professional"
+        assert (await gateway.post(CHAT, json=BODY, headers=headers)).status_code == 200
+    await counter.aclose()
