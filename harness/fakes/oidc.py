@@ -146,6 +146,8 @@ class FakeOidcIssuer:
                     "token_endpoint": f"{oidc}/token",
                     "authorization_endpoint": f"{oidc}/auth",
                     "grant_types_supported": ["password", "client_credentials"],
+                    "response_types_supported": ["code"],
+                    "subject_types_supported": ["public"],
                     "id_token_signing_alg_values_supported": ["RS256", "ES256"],
                 }
             )
@@ -157,7 +159,7 @@ class FakeOidcIssuer:
         async def token(request: Request) -> JSONResponse:
             form = dict(parse_qsl((await request.body()).decode()))  # no python-multipart needed
             if (form.get("client_id"), form.get("client_secret")) != (self.client_id, self.client_secret):
-                return JSONResponse({"error": "unauthorized_client"}, status_code=401)
+                return JSONResponse({"error": "invalid_client"}, status_code=401)
             grant = form.get("grant_type")
             if grant == "password":
                 account = self.accounts.get(str(form.get("username")))

@@ -119,6 +119,12 @@ async def test_full_refund_takes_the_credits_back(
     assert await balance(async_client, funded_user) == "1000.00"
     payment = (await async_client.get("/billing/payments", headers=funded_user.headers)).json()["data"][0]
     assert (payment["status"], payment["refunded_usd"], payment["reversed_credits"]) == ("refunded", "10.00", "1000.00")
+    # One notification each for the payment and the refund, despite the duplicate deliveries.
+    listed = (await async_client.get("/user/notifications", headers=funded_user.headers)).json()["data"]
+    assert sorted((n["type"], n["data"]["credits"]) for n in listed) == [
+        ("payment_received", "1000.00"),
+        ("refund", "1000.00"),
+    ]
 
 
 async def test_partial_refunds_in_any_order_converge(
