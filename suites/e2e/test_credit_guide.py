@@ -30,16 +30,6 @@ TRIAL_CALLS = 700  # app/quotas/plans.json
 
 
 @pytest.fixture
-async def quota_redis(redis_service: Service) -> AsyncIterator[redis.Redis]:
-    """The Redis the workers count quotas in, emptied of quota counters before the test."""
-    client = redis.Redis.from_url(redis_service.url, decode_responses=True)
-    async for key in client.scan_iter("quota:*"):
-        await client.delete(key)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def gateway(
     live_server_factory: LiveServerFactory, redis_service: Service, fake_stripe: FakeStripeServer
 ) -> AsyncIterator[httpx.AsyncClient]:

@@ -35,12 +35,9 @@ async def gateway(
     fake_stripe: FakeStripeServer,
     fake_oidc: FakeOidcIssuer,
     notification_receiver: tuple[NotificationReceiver, str],
+    quota_redis: redis.Redis,
 ) -> AsyncIterator[httpx.AsyncClient]:
     receiver, url = notification_receiver
-    client = redis.Redis.from_url(redis_service.url)
-    async for stale in client.scan_iter("quota:*"):  # user ids repeat across tests' databases
-        await client.delete(stale)
-    await client.aclose()
     env = {
         **fake_stripe.env(),
         "CREDITGATE_REDIS_URL": redis_service.url,
@@ -71,7 +68,7 @@ async def test_keycloak_user_signs_in_tops_up_is_notified_spends_and_lago_change
     fake_oidc: FakeOidcIssuer,
     fake_stripe: FakeStripeServer,
     notification_receiver: tuple[NotificationReceiver, str],
-    redis_service: Service,
+    quota_redis: redis.Redis,
 ) -> None:
     """Keycloak sign-in → Stripe top-up → signed notification → spend with the JWT → Lago lifts the quota."""
     receiver, _ = notification_receiver
@@ -116,9 +113,8 @@ async def test_keycloak_user_signs_in_tops_up_is_notified_spends_and_lago_change
     flow.balance("kate after one request", before="500.00", after=after)
     user_id = receiver.unique[payment["id"]]["user_id"]
     key = f"quota:user:{user_id}:{datetime.now(UTC):%Y%m}"
-    counter = redis.Redis.from_url(redis_service.url)
     with flow.step("on the trial plan (700 calls), the 701st call of the month is refused with 429"):
-        await counter.set(key, 700, keepttl=True)  # as if the month's 700 calls were made
+        await quota_redis.set(key, 700, keepttl=True)  # as if the month's 700 calls were made
         refused = await gateway.post(CHAT, json=BODY, headers=headers)
         assert (refused.status_code, refused.headers["X-RateLimit-Limit"]) == (429, "700")
     with flow.step("a signed Lago subscription.started moves her to professional; the next call goes through"):
@@ -127,4 +123,3 @@ async def test_keycloak_user_signs_in_tops_up_is_notified_spends_and_lago_change
         applied = await gateway.post("/integrations/lago/webhook", content=raw, headers=lago_headers)
         assert applied.json()["outcome"] == "plan professional"
         assert (await gateway.post(CHAT, json=BODY, headers=headers)).status_code == 200
-    await counter.aclose()

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
-import redis
 
 from harness.fakes.providers import FakeProvider, Reply
 from harness.fixtures.factories import TestUser, UserFactory
@@ -19,14 +16,12 @@ BODY = {"model": "test-model", "max_tokens": 100, "messages": [{"role": "user", 
 
 
 @pytest.fixture
-def two_workers(live_server_factory: LiveServerFactory, redis_service: Service) -> Iterator[list[LiveServer]]:
-    """Two separate gateway processes (two ports) sharing one Postgres and one Redis."""
-    client = redis.Redis.from_url(redis_service.url)
-    for key in client.scan_iter("quota:*"):
-        client.delete(key)
+def two_workers(
+    live_server_factory: LiveServerFactory, redis_service: Service, quota_redis: object
+) -> list[LiveServer]:
+    """Two separate gateway processes (two ports) sharing one Postgres and one Redis (quota counters emptied)."""
     env = {"CREDITGATE_REDIS_URL": redis_service.url, "CREDITGATE_DEFAULT_PLAN": "trial"}
-    yield [live_server_factory(env=env), live_server_factory(env=env)]
-    client.close()
+    return [live_server_factory(env=env), live_server_factory(env=env)]
 
 
 async def test_org_flow_quota_and_increment_across_workers(

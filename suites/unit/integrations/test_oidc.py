@@ -116,7 +116,7 @@ async def test_bad_tokens_are_refused_with_the_reason(
         "not_yet_valid": lambda: fake_oidc.mint(user, not_before=int(time.time()) + 600),
         "hs256": lambda: jwt.encode(
             {"sub": "x", "iss": fake_oidc.issuer, "aud": fake_oidc.client_id, "exp": int(time.time()) + 60},
-            "secret",
+            "a-shared-secret-of-32-bytes-long!",
             algorithm="HS256",
             headers={"kid": current.kid},
         ),
