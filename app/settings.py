@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     notify_low_balance: Decimal = Field(default=Decimal(100), ge=0)
     notify_poll_seconds: float = Field(default=1.0, gt=0)
     notify_max_attempts: int = Field(default=12, gt=0)
+    notify_timeout_seconds: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
     def _oidc_needs_an_audience(self) -> Settings:

@@ -76,7 +76,9 @@ async def deliver_due(rt: Runtime, *, limit: int = 50) -> int:
             if settings.notify_webhook_secret:
                 headers[SIGNATURE_HEADER] = sign(settings.notify_webhook_secret, body, int(time.time()))
             try:
-                response = await http.post(settings.notify_webhook_url, content=body, headers=headers, timeout=5)
+                response = await http.post(
+                    settings.notify_webhook_url, content=body, headers=headers, timeout=settings.notify_timeout_seconds
+                )
                 error = None if response.is_success else f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"

@@ -81,3 +81,28 @@ def test_signature_and_backoff() -> None:
     assert not signature_ok("other", b'{"a":1}', header)
     assert not signature_ok("secret", b'{"a":1}', None)
     assert [backoff(n).total_seconds() for n in (0, 1, 5, 20)] == [1, 2, 32, 3600]
+
+
+async def test_a_slow_receiver_gets_it_twice_under_one_id(
+    settings,
+    app: FastAPI,
+    async_client: httpx.AsyncClient,
+    funded_user: TestUser,
+    notification_receiver: tuple[NotificationReceiver, str],
+) -> None:  # type: ignore[no-untyped-def]
+    """At least once: the receiver processed it but answered after the gateway gave up, so it comes again."""
+    receiver, _ = notification_receiver
+    receiver.delay = 0.5
+    settings.notify_timeout_seconds = 0.1
+    settings.notify_low_balance = Decimal("999.99")
+    assert (await async_client.post(CHAT, json=BODY, headers=funded_user.headers)).status_code == 200
+    await until(lambda: len(receiver.received) == 1)
+    receiver.delay = 0.0
+    await until(lambda: len(receiver.received) == 2)
+    assert len(receiver.unique) == 1  # one notification, delivered twice, deduped by its id
+    for _ in range(100):
+        listed = (await async_client.get("/user/notifications", headers=funded_user.headers)).json()["data"][0]
+        if listed["delivered"]:
+            break
+        await asyncio.sleep(0.05)
+    assert (listed["delivered"], listed["attempts"]) == (True, 2)  # the timed-out attempt counted, then success
