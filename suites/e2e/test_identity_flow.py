@@ -6,7 +6,6 @@ notification receiver each on a real port.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -22,6 +21,7 @@ from harness.fixtures.billing import FakeStripeServer
 from harness.fixtures.live_server import LiveServerFactory
 from harness.report import Flow
 from harness.services import Service
+from harness.wait import until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
 CHAT = "/v1/chat/completions"
@@ -52,14 +52,6 @@ async def gateway(
     server = live_server_factory(workers=2, env=env)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
         yield client
-
-
-async def eventually(predicate, seconds: float = 15) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(seconds / 0.1)):
-        if predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("not within the time allowed")
 
 
 async def test_keycloak_user_signs_in_tops_up_is_notified_spends_and_lago_changes_the_quota(
@@ -99,7 +91,7 @@ async def test_keycloak_user_signs_in_tops_up_is_notified_spends_and_lago_change
         assert (await gateway.get("/user/balance", headers=headers)).json()["balance"] == "500.00"
     flow.balance("kate (Keycloak user)", before="0.00", after="500.00")
     with flow.step("the receiver gets payment_received, signed, under the id /user/notifications shows"):
-        await eventually(lambda: any(n["type"] == "payment_received" for n in receiver.received))
+        await until(lambda: any(n["type"] == "payment_received" for n in receiver.received), seconds=15)
         listed = (await gateway.get("/user/notifications", headers=headers)).json()["data"]
         payment = next(n for n in listed if n["type"] == "payment_received")
         assert payment["data"]["credits"] == "500.00"

@@ -11,17 +11,10 @@ from fastapi import FastAPI
 from app.notifications.delivery import backoff, sign
 from harness.fakes.receiver import NotificationReceiver, signature_ok
 from harness.fixtures.factories import TestUser, UserFactory
+from harness.wait import until
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "test-model", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
-
-
-async def until(predicate, seconds: float = 10) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(seconds / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 async def test_low_balance_is_notified_once_and_delivered_signed_after_retries(
