@@ -85,9 +85,10 @@ def load(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Benchmarks (print figures; no pass/fail): gateway overhead and hot-row deductions."""
+    """Benchmarks (print figures; no pass/fail): gateway overhead, where a request's time goes, hot-row deductions."""
     install(session, "test")
     session.run("python", "-m", "bench.overhead", *session.posargs)
+    session.run("python", "-m", "bench.profile", *session.posargs)
     session.run("python", "-m", "bench.hot_row", *session.posargs)
 
 
