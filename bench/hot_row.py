@@ -15,10 +15,9 @@ from decimal import Decimal
 from app.auth import service as auth
 from app.db.engine import create_engine, create_sessionmaker
 from app.ledger import service as ledger
+from bench.common import postgres_database
 from harness.auditor import audit_url
-from harness.fixtures.database import _admin, asyncpg_url, migrate
-from harness.services import start_postgres
-from harness.services.base import run_sync
+from harness.fixtures.database import migrate
 
 
 async def hammer(url: str, *, clients: int, seconds: float) -> tuple[int, Decimal, Decimal]:
@@ -59,22 +58,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10)
     args, _ = parser.parse_known_args()
-    postgres = start_postgres()
-    name = f"cg_hot_{uuid.uuid4().hex[:8]}"
-    run_sync(_admin(postgres.url, f'CREATE DATABASE "{name}"'))
-    url = asyncpg_url(postgres.url, name)
-    try:
+    with postgres_database("cg_hot") as (url, server):
         migrate(url)
         started = time.perf_counter()
         done, expected, final = asyncio.run(hammer(url, clients=args.clients, seconds=args.seconds))
         elapsed = time.perf_counter() - started
-        print(f"\nhot row on {postgres}: {args.clients} clients, {elapsed:.1f} s")
+        print(f"\nhot row on {server}: {args.clients} clients, {elapsed:.1f} s")
         print(f"deductions (hold + settle, 2 transactions each): {done}, {done / elapsed:.0f}/s")
         print(f"final balance {final}, expected {expected}, lost updates: {0 if final == expected else 'YES'}")
         print(audit_url(url))
-    finally:
-        run_sync(_admin(postgres.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        postgres.stop()
 
 
 if __name__ == "__main__":

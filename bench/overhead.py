@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -23,11 +21,12 @@ import httpx
 from app.auth import service as auth
 from app.db.engine import create_engine, create_sessionmaker
 from app.quotas.service import load_plans, set_plan
+from bench.common import fake_upstream, postgres_database
 from harness.catalog import catalog_for_tests
-from harness.fixtures.database import _admin, asyncpg_url, migrate
+from harness.fixtures.database import migrate
 from harness.fixtures.live_server import start_gateway
-from harness.services import ServiceUnavailable, start_postgres
-from harness.services.base import free_port, run_sync
+from harness.services import ServiceUnavailable
+from harness.services.base import run_sync
 
 BODY = {"model": "test-model", "max_tokens": 20, "messages": [{"role": "user", "content": "bench"}]}
 
@@ -104,31 +103,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=500)
     args, _ = parser.parse_known_args()
-    port = free_port()
-    fake = subprocess.Popen([sys.executable, "-m", "harness.fakes.providers", "--port", str(port)])
-    fake_url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                httpx.get(f"{fake_url}/v1/models")
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
+    with fake_upstream() as fake_url:
         run(f"sqlite+aiosqlite:///{tempfile.mkdtemp()}/bench.db", "SQLite", fake_url, args.requests)
         try:
-            postgres = start_postgres()
+            with postgres_database("cg_bench") as (url, _):
+                run(url, "Postgres", fake_url, args.requests)
         except ServiceUnavailable as exc:
             print(f"\nPostgres: skipped ({exc})")
-            return
-        name = f"cg_bench_{uuid.uuid4().hex[:8]}"
-        run_sync(_admin(postgres.url, f'CREATE DATABASE "{name}"'))
-        try:
-            run(asyncpg_url(postgres.url, name), "Postgres", fake_url, args.requests)
-        finally:
-            run_sync(_admin(postgres.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            postgres.stop()
-    finally:
-        fake.terminate()
 
 
 if __name__ == "__main__":

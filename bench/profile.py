@@ -13,11 +13,8 @@ import argparse
 import asyncio
 import collections
 import functools
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,11 +30,11 @@ import app.providers.router as router
 from app.db.engine import create_engine, create_sessionmaker
 from app.main import create_app
 from app.settings import Settings
+from bench.common import fake_upstream, postgres_database
 from bench.overhead import BODY, _key
 from harness.catalog import catalog_for_tests
-from harness.fixtures.database import _admin, asyncpg_url, migrate
-from harness.services import ServiceUnavailable, start_postgres
-from harness.services.base import free_port, run_sync
+from harness.fixtures.database import migrate
+from harness.services import ServiceUnavailable
 
 STAGES: dict[str, float] = collections.defaultdict(float)
 
@@ -130,39 +127,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     args, _ = parser.parse_known_args()
     instrument()
-    port = free_port()
-    fake = subprocess.Popen([sys.executable, "-m", "harness.fakes.providers", "--port", str(port)])
-    fake_url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                httpx.get(f"{fake_url}/v1/models")
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
+    with fake_upstream() as fake_url:
         sqlite = f"sqlite+aiosqlite:///{tempfile.mkdtemp()}/profile.db"
         migrate(sqlite)
         print(f"SQLite, {args.requests} sequential requests:")
         asyncio.run(stages(sqlite, fake_url, args.requests))
         try:
-            postgres = start_postgres()
+            with postgres_database("cg_profile") as (url, _):
+                migrate(url)
+                print(f"Postgres, {args.requests} sequential requests:")
+                asyncio.run(stages(url, fake_url, args.requests))
+                print("One statement on Postgres:")
+                asyncio.run(statement_cost(url.replace("postgresql+asyncpg://", "postgresql://"), url))
         except ServiceUnavailable as exc:
             print(f"Postgres: skipped ({exc})")
-            return
-        name = f"cg_profile_{uuid.uuid4().hex[:8]}"
-        run_sync(_admin(postgres.url, f'CREATE DATABASE "{name}"'))
-        try:
-            url = asyncpg_url(postgres.url, name)
-            migrate(url)
-            print(f"Postgres, {args.requests} sequential requests:")
-            asyncio.run(stages(url, fake_url, args.requests))
-            print("One statement on Postgres:")
-            asyncio.run(statement_cost(url.replace("postgresql+asyncpg://", "postgresql://"), url))
-        finally:
-            run_sync(_admin(postgres.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            postgres.stop()
-    finally:
-        fake.terminate()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""What the benchmarks share: the fake upstream as a server, and a throwaway Postgres database."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from harness.fixtures.database import _admin, asyncpg_url
+from harness.services import start_postgres
+from harness.services.base import free_port, run_sync
+
+
+@contextmanager
+def fake_upstream() -> Iterator[str]:
+    """``python -m harness.fakes.providers`` on a free port; yields its base URL once it answers."""
+    port = free_port()
+    fake = subprocess.Popen([sys.executable, "-m", "harness.fakes.providers", "--port", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(f"{url}/v1/models")
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        fake.terminate()
+
+
+@contextmanager
+def postgres_database(prefix: str) -> Iterator[tuple[str, str]]:
+    """A new database on the harness's Postgres (``ServiceUnavailable`` if none), dropped afterwards;
+    yields ``(asyncpg URL, a description of the server)``."""
+    postgres = start_postgres()
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    run_sync(_admin(postgres.url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield asyncpg_url(postgres.url, name), str(postgres)
+    finally:
+        run_sync(_admin(postgres.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        postgres.stop()
