@@ -11,16 +11,16 @@ from contextlib import contextmanager
 
 import httpx
 
-from harness.fixtures.database import _admin, asyncpg_url
-from harness.services import start_postgres
-from harness.services.base import free_port, run_sync
+from creditgate_harness.fixtures.database import _admin, asyncpg_url
+from creditgate_harness.services import start_postgres
+from creditgate_harness.services.base import free_port, run_sync
 
 
 @contextmanager
 def fake_upstream() -> Iterator[str]:
-    """``python -m harness.fakes.providers`` on a free port; yields its base URL once it answers."""
+    """``python -m creditgate_harness.fakes.providers`` on a free port; yields its base URL once it answers."""
     port = free_port()
-    fake = subprocess.Popen([sys.executable, "-m", "harness.fakes.providers", "--port", str(port)])
+    fake = subprocess.Popen([sys.executable, "-m", "creditgate_harness.fakes.providers", "--port", str(port)])
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):

@@ -12,12 +12,12 @@ import uuid
 from datetime import timedelta
 from decimal import Decimal
 
-from app.auth import service as auth
-from app.db.engine import create_engine, create_sessionmaker
-from app.ledger import service as ledger
 from bench.common import postgres_database
-from harness.auditor import audit_url
-from harness.fixtures.database import migrate
+from creditgate.auth import service as auth
+from creditgate.db.engine import create_engine, create_sessionmaker
+from creditgate.ledger import service as ledger
+from creditgate_harness.auditor import audit_url
+from creditgate_harness.fixtures.database import migrate
 
 
 async def hammer(url: str, *, clients: int, seconds: float) -> tuple[int, Decimal, Decimal]:

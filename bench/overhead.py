@@ -18,15 +18,15 @@ from pathlib import Path
 
 import httpx
 
-from app.auth import service as auth
-from app.db.engine import create_engine, create_sessionmaker
-from app.quotas.service import load_plans, set_plan
 from bench.common import fake_upstream, postgres_database
-from harness.catalog import catalog_for_tests
-from harness.fixtures.database import migrate
-from harness.fixtures.live_server import start_gateway
-from harness.services import ServiceUnavailable
-from harness.services.base import run_sync
+from creditgate.auth import service as auth
+from creditgate.db.engine import create_engine, create_sessionmaker
+from creditgate.quotas.service import load_plans, set_plan
+from creditgate_harness.catalog import catalog_for_tests
+from creditgate_harness.fixtures.database import migrate
+from creditgate_harness.fixtures.live_server import start_gateway
+from creditgate_harness.services import ServiceUnavailable
+from creditgate_harness.services.base import run_sync
 
 BODY = {"model": "test-model", "max_tokens": 20, "messages": [{"role": "user", "content": "bench"}]}
 

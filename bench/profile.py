@@ -23,18 +23,18 @@ import httpx
 from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 
-import app.auth.deps as deps
-import app.ledger.service as ledger
-import app.llm.metering as metering
-import app.providers.router as router
-from app.db.engine import create_engine, create_sessionmaker
-from app.main import create_app
-from app.settings import Settings
+import creditgate.auth.deps as deps
+import creditgate.ledger.service as ledger
+import creditgate.llm.metering as metering
+import creditgate.providers.router as router
 from bench.common import fake_upstream, postgres_database
 from bench.overhead import BODY, _key
-from harness.catalog import catalog_for_tests
-from harness.fixtures.database import migrate
-from harness.services import ServiceUnavailable
+from creditgate.db.engine import create_engine, create_sessionmaker
+from creditgate.main import create_app
+from creditgate.settings import Settings
+from creditgate_harness.catalog import catalog_for_tests
+from creditgate_harness.fixtures.database import migrate
+from creditgate_harness.services import ServiceUnavailable
 
 STAGES: dict[str, float] = collections.defaultdict(float)
 

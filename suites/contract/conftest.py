@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from app.auth import service as auth
-from app.db.engine import create_engine, create_sessionmaker
-from harness.auditor import audit_url
-from harness.catalog import catalog_for_tests
-from harness.fakes.providers import FakeProvider
-from harness.fakes.signers import LAGO_HMAC_KEY, TELEGRAM_BOT_TOKEN
-from harness.fakes.stripe import FakeStripe
-from harness.fixtures.database import migrate
-from harness.fixtures.live_server import LiveServer, ThreadedServer, start_gateway
-from harness.services.base import run_sync
+from creditgate.auth import service as auth
+from creditgate.db.engine import create_engine, create_sessionmaker
+from creditgate_harness.auditor import audit_url
+from creditgate_harness.catalog import catalog_for_tests
+from creditgate_harness.fakes.providers import FakeProvider
+from creditgate_harness.fakes.signers import LAGO_HMAC_KEY, TELEGRAM_BOT_TOKEN
+from creditgate_harness.fakes.stripe import FakeStripe
+from creditgate_harness.fixtures.database import migrate
+from creditgate_harness.fixtures.live_server import LiveServer, ThreadedServer, start_gateway
+from creditgate_harness.services.base import run_sync
 
 
 @dataclass(frozen=True)

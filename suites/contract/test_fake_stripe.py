@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 import stripe
 
-from harness.fakes.stripe import FakeStripe
-from harness.fixtures.live_server import ThreadedServer
+from creditgate_harness.fakes.stripe import FakeStripe
+from creditgate_harness.fixtures.live_server import ThreadedServer
 
 pytestmark = pytest.mark.contract
 

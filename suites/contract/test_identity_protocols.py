@@ -17,9 +17,9 @@ import httpx
 import jwt
 import pytest
 
-from app.notifications.delivery import sign
-from harness.fakes.oidc import FakeOidcIssuer
-from harness.fakes.signers import lago_webhook, telegram_init_data
+from creditgate.notifications.delivery import sign
+from creditgate_harness.fakes.oidc import FakeOidcIssuer
+from creditgate_harness.fakes.signers import lago_webhook, telegram_init_data
 
 pytestmark = pytest.mark.contract
 

@@ -6,8 +6,8 @@ import httpx
 import openai
 import pytest
 
-from harness.fakes.providers import FakeProvider, Fault, Reply
-from harness.fixtures.factories import TestUser, UserFactory
+from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
+from creditgate_harness.fixtures.factories import TestUser, UserFactory
 
 pytestmark = pytest.mark.contract
 

@@ -25,9 +25,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
-from app.main import create_app
-from app.settings import Settings
-from harness.catalog import catalog_for_tests
+from creditgate.main import create_app
+from creditgate.settings import Settings
+from creditgate_harness.catalog import catalog_for_tests
 from suites.contract.conftest import ContractGateway
 
 pytestmark = pytest.mark.contract

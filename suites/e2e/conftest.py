@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as redis
 
-from harness.services import Service
+from creditgate_harness.services import Service
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import random
 import httpx
 import pytest
 
-from harness.fakes.stripe import StripeWebhooks
-from harness.fixtures.billing import FakeStripeServer
-from harness.fixtures.factories import UserFactory
-from harness.fixtures.live_server import LiveServerFactory
+from creditgate_harness.fakes.stripe import StripeWebhooks
+from creditgate_harness.fixtures.billing import FakeStripeServer
+from creditgate_harness.fixtures.factories import UserFactory
+from creditgate_harness.fixtures.live_server import LiveServerFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
 

@@ -11,11 +11,11 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from app.catalog import pricing
-from harness.catalog import catalog_for_tests
-from harness.fakes.providers import FakeProvider, Reply
-from harness.fixtures.factories import UserFactory
-from harness.fixtures.live_server import LiveServerFactory
+from creditgate.catalog import pricing
+from creditgate_harness.catalog import catalog_for_tests
+from creditgate_harness.fakes.providers import FakeProvider, Reply
+from creditgate_harness.fixtures.factories import UserFactory
+from creditgate_harness.fixtures.live_server import LiveServerFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
 CHAT = "/v1/chat/completions"

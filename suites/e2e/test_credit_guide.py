@@ -15,13 +15,13 @@ import pytest
 import redis.asyncio as redis
 from cryptography.fernet import Fernet
 
-from harness.fakes.providers import FakeProvider, Reply
-from harness.fakes.stripe import StripeWebhooks
-from harness.fixtures.billing import FakeStripeServer
-from harness.fixtures.factories import TestUser, UserFactory
-from harness.fixtures.live_server import LiveServerFactory
-from harness.report import Flow
-from harness.services import Service
+from creditgate_harness.fakes.providers import FakeProvider, Reply
+from creditgate_harness.fakes.stripe import StripeWebhooks
+from creditgate_harness.fixtures.billing import FakeStripeServer
+from creditgate_harness.fixtures.factories import TestUser, UserFactory
+from creditgate_harness.fixtures.live_server import LiveServerFactory
+from creditgate_harness.report import Flow
+from creditgate_harness.services import Service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
 CHAT = "/v1/chat/completions"

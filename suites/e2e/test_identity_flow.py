@@ -13,15 +13,15 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from harness.fakes.oidc import FakeOidcIssuer
-from harness.fakes.receiver import NotificationReceiver
-from harness.fakes.signers import LAGO_HMAC_KEY, lago_webhook
-from harness.fakes.stripe import StripeWebhooks
-from harness.fixtures.billing import FakeStripeServer
-from harness.fixtures.live_server import LiveServerFactory
-from harness.report import Flow
-from harness.services import Service
-from harness.wait import until
+from creditgate_harness.fakes.oidc import FakeOidcIssuer
+from creditgate_harness.fakes.receiver import NotificationReceiver
+from creditgate_harness.fakes.signers import LAGO_HMAC_KEY, lago_webhook
+from creditgate_harness.fakes.stripe import StripeWebhooks
+from creditgate_harness.fixtures.billing import FakeStripeServer
+from creditgate_harness.fixtures.live_server import LiveServerFactory
+from creditgate_harness.report import Flow
+from creditgate_harness.services import Service
+from creditgate_harness.wait import until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
 CHAT = "/v1/chat/completions"

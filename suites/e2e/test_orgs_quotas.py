@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from harness.fakes.providers import FakeProvider, Reply
-from harness.fixtures.factories import TestUser, UserFactory
-from harness.fixtures.live_server import LiveServer, LiveServerFactory
-from harness.services import Service
+from creditgate_harness.fakes.providers import FakeProvider, Reply
+from creditgate_harness.fixtures.factories import TestUser, UserFactory
+from creditgate_harness.fixtures.live_server import LiveServer, LiveServerFactory
+from creditgate_harness.services import Service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
 CHAT = "/v1/chat/completions"

@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.catalog.service import Catalog, ModelRoute, ProviderConfig
-from harness.catalog import catalog_for_tests
-from harness.fakes.providers import FakeProvider, Fault, Reply
-from harness.fixtures.factories import UserFactory
-from harness.fixtures.live_server import LiveServerFactory, ThreadedServer, start_gateway
+from creditgate.catalog.service import Catalog, ModelRoute, ProviderConfig
+from creditgate_harness.catalog import catalog_for_tests
+from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
+from creditgate_harness.fixtures.factories import UserFactory
+from creditgate_harness.fixtures.live_server import LiveServerFactory, ThreadedServer, start_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
 BODY = {"model": "test-model", "max_tokens": 2000, "messages": [{"role": "user", "content": "hi"}]}

@@ -9,15 +9,15 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from app.main import create_app
-from app.settings import Settings
-from harness.auditor import audit_url
-from harness.catalog import catalog_for_tests
-from harness.fakes.providers import FakeProvider, Reply
-from harness.fixtures.database import _admin, asyncpg_url, migrate
-from harness.fixtures.services import in_ci
-from harness.services import ServiceUnavailable, start_postgres
-from harness.services.base import run_sync
+from creditgate.main import create_app
+from creditgate.settings import Settings
+from creditgate_harness.auditor import audit_url
+from creditgate_harness.catalog import catalog_for_tests
+from creditgate_harness.fakes.providers import FakeProvider, Reply
+from creditgate_harness.fixtures.database import _admin, asyncpg_url, migrate
+from creditgate_harness.fixtures.services import in_ci
+from creditgate_harness.services import ServiceUnavailable, start_postgres
+from creditgate_harness.services.base import run_sync
 
 pytestmark = pytest.mark.e2e
 
@@ -45,8 +45,8 @@ def backend_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 async def test_credit_flow_on_each_backend(backend_database_url: str) -> None:
-    from app.auth import service as auth
-    from app.db.engine import create_engine, create_sessionmaker
+    from creditgate.auth import service as auth
+    from creditgate.db.engine import create_engine, create_sessionmaker
 
     engine = create_engine(backend_database_url)
     async with create_sessionmaker(engine)() as session, session.begin():

@@ -19,16 +19,16 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
-from app.auth import service as auth
-from app.db.engine import create_engine, create_sessionmaker
-from app.orgs import service as orgs
-from app.quotas.service import load_plans, set_plan
-from harness.auditor import audit_url
-from harness.catalog import catalog_for_tests
-from harness.fixtures.database import _admin, asyncpg_url, migrate
-from harness.fixtures.live_server import start_gateway
-from harness.services import start_postgres, start_redis
-from harness.services.base import free_port, run_sync
+from creditgate.auth import service as auth
+from creditgate.db.engine import create_engine, create_sessionmaker
+from creditgate.orgs import service as orgs
+from creditgate.quotas.service import load_plans, set_plan
+from creditgate_harness.auditor import audit_url
+from creditgate_harness.catalog import catalog_for_tests
+from creditgate_harness.fixtures.database import _admin, asyncpg_url, migrate
+from creditgate_harness.fixtures.live_server import start_gateway
+from creditgate_harness.services import start_postgres, start_redis
+from creditgate_harness.services.base import free_port, run_sync
 
 REPORTS = Path("reports")
 
@@ -48,7 +48,7 @@ async def seed(url: str, *, users: int, members: int) -> dict[str, list[str]]:
         )
         org = await orgs.create(s, name="Load Org", creator=principal)
         await set_plan(s, subject=f"org:{org.id}", plan="enterprise", plans=plans)
-        from app.ledger import service as ledger
+        from creditgate.ledger import service as ledger
 
         await ledger.post_entry(
             s,
@@ -98,7 +98,7 @@ def main() -> int:
     keys_file.write_text(json.dumps(keys))
 
     fake_port = free_port()
-    fake = subprocess.Popen([sys.executable, "-m", "harness.fakes.providers", "--port", str(fake_port)])
+    fake = subprocess.Popen([sys.executable, "-m", "creditgate_harness.fakes.providers", "--port", str(fake_port)])
     catalog = REPORTS / "load_catalog.json"
     catalog.write_text(catalog_for_tests(f"http://127.0.0.1:{fake_port}/v1").model_dump_json())
     gateway = start_gateway(

@@ -12,13 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.auditor import audit_url
-from harness.services.base import free_port
+from creditgate_harness.auditor import audit_url
+from creditgate_harness.services.base import free_port
 
 
 def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "creditgate.cli", *args],
         cwd=cwd,
         env={**os.environ, **(env or {})},
         capture_output=True,
@@ -49,7 +49,7 @@ def test_migrate_and_create_key(tmp_path: Path) -> None:
 def test_serve_demo_answers_health_and_a_chat(tmp_path: Path) -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--demo", "--port", str(port)],
+        [sys.executable, "-m", "creditgate.cli", "serve", "--demo", "--port", str(port)],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

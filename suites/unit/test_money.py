@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.money import charge_for_cost, check_increment, credits, from_hundredths, to_hundredths
-from harness.strategies import increments, margins, vendor_costs
+from creditgate.money import charge_for_cost, check_increment, credits, from_hundredths, to_hundredths
+from creditgate_harness.strategies import increments, margins, vendor_costs
 
 CV = Decimal("0.01")
 

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from harness.fixtures.factories import TestUser
+from creditgate_harness.fixtures.factories import TestUser
 
 
 async def test_non_admin_gets_403(async_client: httpx.AsyncClient, funded_user: TestUser) -> None:

@@ -7,10 +7,10 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from app.billing.service import calculate_credit_amount
-from harness.fakes.stripe import StripeWebhooks
-from harness.fixtures.billing import FakeStripeServer
-from harness.fixtures.factories import TestUser
+from creditgate.billing.service import calculate_credit_amount
+from creditgate_harness.fakes.stripe import StripeWebhooks
+from creditgate_harness.fixtures.billing import FakeStripeServer
+from creditgate_harness.fixtures.factories import TestUser
 
 
 @pytest.mark.parametrize(

@@ -20,15 +20,15 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from app.auth import service as auth
-from app.db.engine import create_engine, create_sessionmaker
-from app.main import create_app
-from app.settings import Settings
-from harness.auditor import audit
-from harness.catalog import catalog_for_tests
-from harness.fakes.stripe import FakeStripe, StripeWebhooks
-from harness.fixtures.database import migrate
-from harness.fixtures.live_server import ThreadedServer
+from creditgate.auth import service as auth
+from creditgate.db.engine import create_engine, create_sessionmaker
+from creditgate.main import create_app
+from creditgate.settings import Settings
+from creditgate_harness.auditor import audit
+from creditgate_harness.catalog import catalog_for_tests
+from creditgate_harness.fakes.stripe import FakeStripe, StripeWebhooks
+from creditgate_harness.fixtures.database import migrate
+from creditgate_harness.fixtures.live_server import ThreadedServer
 
 pytestmark = pytest.mark.critical
 SEQUENCES: list[int] = []

@@ -9,9 +9,9 @@ import httpx
 import pytest
 import stripe
 
-from harness.fakes.stripe import StripeWebhooks, sign_payload
-from harness.fixtures.billing import FakeStripeServer
-from harness.fixtures.factories import TestUser, UserFactory
+from creditgate_harness.fakes.stripe import StripeWebhooks, sign_payload
+from creditgate_harness.fixtures.billing import FakeStripeServer
+from creditgate_harness.fixtures.factories import TestUser, UserFactory
 
 pytestmark = pytest.mark.critical
 

@@ -6,9 +6,9 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db.models import ProviderKey
-from harness.fakes.providers import FakeProvider, Reply
-from harness.fixtures.factories import TestUser
+from creditgate.db.models import ProviderKey
+from creditgate_harness.fakes.providers import FakeProvider, Reply
+from creditgate_harness.fixtures.factories import TestUser
 
 KEYS = "/user/provider-keys"
 BODY = {"model": "test-model", "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]}

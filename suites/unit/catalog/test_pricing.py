@@ -7,9 +7,9 @@ from decimal import Decimal
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.catalog import pricing
-from app.catalog.service import Catalog, ModelConfig, ModelRoute
-from app.db.models import AppSetting
+from creditgate.catalog import pricing
+from creditgate.catalog.service import Catalog, ModelConfig, ModelRoute
+from creditgate.db.models import AppSetting
 
 PRICE = {"margin": Decimal("1.5"), "credit_value_usd": Decimal("0.01"), "increment": Decimal("0.1")}
 
@@ -57,7 +57,7 @@ def test_catalog_rejects_unknown_providers_and_duplicates() -> None:
     good = model("0", "0")
     with pytest.raises(ValueError, match="unknown provider"):
         Catalog(providers=(), models=(good,))
-    from app.catalog.service import ProviderConfig
+    from creditgate.catalog.service import ProviderConfig
 
     provider = ProviderConfig(name="p", base_url="http://p")
     with pytest.raises(ValueError, match="unique"):

@@ -36,7 +36,7 @@ def test_a_project_using_only_the_plugin_gets_working_fixtures(pytester: pytest.
     pytester.makeini("[pytest]\nasyncio_mode = auto\n")
     pytester.makepyfile(
         """
-        from harness.fakes.providers import Fault
+        from creditgate_harness.fakes.providers import Fault
 
         async def test_chat(async_client, funded_user, fake_provider):
             r = await async_client.post(

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from harness.services import ServiceUnavailable, start_postgres, start_redis
-from harness.services.base import chosen_backend
+from creditgate_harness.services import ServiceUnavailable, start_postgres, start_redis
+from creditgate_harness.services.base import chosen_backend
 
 
 @pytest.mark.slow
@@ -22,14 +22,14 @@ def test_local_postgres_and_redis_start_and_stop() -> None:
     finally:
         postgres.stop()
         redis.stop()
-    from harness.services.postgres import server_version
+    from creditgate_harness.services.postgres import server_version
 
     with pytest.raises(ServiceUnavailable):
         server_version(postgres.url)
 
 
 def test_docker_backend_skips_cleanly_without_an_engine() -> None:
-    from harness.services.base import docker_engine_answers
+    from creditgate_harness.services.base import docker_engine_answers
 
     reason = docker_engine_answers()
     if reason is None:

@@ -9,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from harness.fakes.signers import LAGO_HMAC_KEY, TELEGRAM_BOT_TOKEN, lago_webhook, telegram_init_data
-from harness.fixtures.factories import TestUser
+from creditgate_harness.fakes.signers import LAGO_HMAC_KEY, TELEGRAM_BOT_TOKEN, lago_webhook, telegram_init_data
+from creditgate_harness.fixtures.factories import TestUser
 
 LAGO = "/integrations/lago/webhook"
 TELEGRAM = "/auth/telegram/exchange"
@@ -23,7 +23,7 @@ def sub(user: TestUser, plan: str = "professional", status: str = "active") -> d
 async def test_lago_started_updated_terminated_change_the_plan(
     async_client: httpx.AsyncClient, funded_user: TestUser, settings
 ) -> None:  # type: ignore[no-untyped-def]
-    from app.db.models import Subscription
+    from creditgate.db.models import Subscription
 
     results = []
     for kind, body in (
@@ -33,7 +33,7 @@ async def test_lago_started_updated_terminated_change_the_plan(
         raw, headers = lago_webhook(kind, body, hmac_key=LAGO_HMAC_KEY)
         results.append((await async_client.post(LAGO, content=raw, headers=headers)).json()["outcome"])
     assert results == ["plan professional", "plan platform"]
-    from app.db.engine import create_engine, create_sessionmaker
+    from creditgate.db.engine import create_engine, create_sessionmaker
 
     engine = create_engine(settings.database_url)
     async with create_sessionmaker(engine)() as s:
@@ -127,8 +127,8 @@ async def test_telegram_exchange_gives_a_working_short_lived_key(async_client: h
 async def test_telegram_key_expires(async_client: httpx.AsyncClient, settings) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy import update
 
-    from app.db.engine import create_engine, create_sessionmaker
-    from app.db.models import ApiKey, utcnow
+    from creditgate.db.engine import create_engine, create_sessionmaker
+    from creditgate.db.models import ApiKey, utcnow
 
     key = (
         await async_client.post(TELEGRAM, json={"init_data": telegram_init_data(TELEGRAM_BOT_TOKEN, TG_USER)})

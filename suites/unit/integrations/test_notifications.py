@@ -8,10 +8,10 @@ from decimal import Decimal
 import httpx
 from fastapi import FastAPI
 
-from app.notifications.delivery import backoff, sign
-from harness.fakes.receiver import NotificationReceiver, signature_ok
-from harness.fixtures.factories import TestUser, UserFactory
-from harness.wait import until
+from creditgate.notifications.delivery import backoff, sign
+from creditgate_harness.fakes.receiver import NotificationReceiver, signature_ok
+from creditgate_harness.fixtures.factories import TestUser, UserFactory
+from creditgate_harness.wait import until
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "test-model", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}

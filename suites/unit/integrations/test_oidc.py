@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db.models import Identity, User
-from harness.fakes.oidc import FakeOidcIssuer, SigningKey
+from creditgate.db.models import Identity, User
+from creditgate_harness.fakes.oidc import FakeOidcIssuer, SigningKey
 
 BALANCE = "/user/balance"
 
@@ -144,7 +144,7 @@ async def test_es256_tokens_are_accepted(async_client: httpx.AsyncClient, fake_o
 async def test_jwks_is_cached_and_fetched_again_on_rotation(
     async_client: httpx.AsyncClient, app: FastAPI, fake_oidc: FakeOidcIssuer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("app.auth.oidc.REFETCH_FLOOR_SECONDS", 0.0)
+    monkeypatch.setattr("creditgate.auth.oidc.REFETCH_FLOOR_SECONDS", 0.0)
     user = fake_oidc.add_user("rot")
     for _ in range(3):
         assert (await async_client.get(BALANCE, headers=bearer(fake_oidc.mint(user)))).status_code == 200
@@ -169,7 +169,7 @@ async def test_api_keys_still_work_beside_oidc(
 
 
 async def test_jwt_is_refused_when_no_issuer_is_configured(async_client: httpx.AsyncClient) -> None:
-    from harness.fakes.oidc import FakeOidcIssuer as Issuer
+    from creditgate_harness.fakes.oidc import FakeOidcIssuer as Issuer
 
     token = Issuer().mint(None, sub="someone")
     assert (await async_client.get(BALANCE, headers=bearer(token))).status_code == 401

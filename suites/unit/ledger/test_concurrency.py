@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.errors import InsufficientCredits
-from app.ledger import service as ledger
-from harness.fixtures.factories import TestUser
+from creditgate.errors import InsufficientCredits
+from creditgate.ledger import service as ledger
+from creditgate_harness.fixtures.factories import TestUser
 
 pytestmark = [pytest.mark.critical, pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)]
 

@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db.models import Hold, utcnow
-from app.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
-from app.ledger import service as ledger
-from app.ledger.sweeper import sweep_once
-from harness.fixtures.factories import TestUser, UserFactory
+from creditgate.db.models import Hold, utcnow
+from creditgate.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
+from creditgate.ledger import service as ledger
+from creditgate.ledger.sweeper import sweep_once
+from creditgate_harness.fixtures.factories import TestUser, UserFactory
 
 TTL = timedelta(minutes=10)
 SM = async_sessionmaker[AsyncSession]

@@ -18,15 +18,15 @@ from hypothesis import settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
 from sqlalchemy import update
 
-from app.auth import service as auth
-from app.db.engine import create_engine, create_sessionmaker
-from app.db.models import Hold, utcnow
-from app.errors import InsufficientCredits
-from app.ledger import service as ledger
-from app.ledger.sweeper import sweep_once
-from harness.auditor import audit
-from harness.fixtures.database import migrate
-from harness.strategies import credit_amounts
+from creditgate.auth import service as auth
+from creditgate.db.engine import create_engine, create_sessionmaker
+from creditgate.db.models import Hold, utcnow
+from creditgate.errors import InsufficientCredits
+from creditgate.ledger import service as ledger
+from creditgate.ledger.sweeper import sweep_once
+from creditgate_harness.auditor import audit
+from creditgate_harness.fixtures.database import migrate
+from creditgate_harness.strategies import credit_amounts
 
 pytestmark = pytest.mark.critical
 

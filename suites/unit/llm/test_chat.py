@@ -8,10 +8,10 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from app.catalog import pricing
-from harness.catalog import catalog_for_tests
-from harness.fakes.providers import FakeProvider, Fault, Reply
-from harness.fixtures.factories import TestUser, UserFactory
+from creditgate.catalog import pricing
+from creditgate_harness.catalog import catalog_for_tests
+from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
+from creditgate_harness.fixtures.factories import TestUser, UserFactory
 
 CHAT = "/v1/chat/completions"
 

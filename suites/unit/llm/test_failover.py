@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.catalog.service import Catalog, ModelRoute, ProviderConfig
-from harness.catalog import catalog_for_tests
-from harness.fakes.providers import FakeProvider, Fault, Reply
-from harness.fixtures.factories import TestUser
+from creditgate.catalog.service import Catalog, ModelRoute, ProviderConfig
+from creditgate_harness.catalog import catalog_for_tests
+from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
+from creditgate_harness.fixtures.factories import TestUser
 from suites.unit.llm.test_chat import CHAT, body
 
 

@@ -7,10 +7,10 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from app.runtime import Runtime
-from app.settings import Settings
-from harness.fakes.providers import FakeProvider, Fault
-from harness.fixtures.factories import TestUser
+from creditgate.runtime import Runtime
+from creditgate.settings import Settings
+from creditgate_harness.fakes.providers import FakeProvider, Fault
+from creditgate_harness.fixtures.factories import TestUser
 from suites.unit.llm.test_chat import CHAT, balance, body
 
 FAULTS = {

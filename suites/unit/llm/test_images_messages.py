@@ -10,10 +10,10 @@ import httpx2
 import pytest
 from fastapi import FastAPI
 
-from app.catalog.service import Catalog, ModelConfig, ModelRoute, ProviderConfig
-from harness.catalog import catalog_for_tests
-from harness.fakes.providers import FakeProvider, Fault, Reply
-from harness.fixtures.factories import TestUser
+from creditgate.catalog.service import Catalog, ModelConfig, ModelRoute, ProviderConfig
+from creditgate_harness.catalog import catalog_for_tests
+from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
+from creditgate_harness.fixtures.factories import TestUser
 
 IMAGES = "/v1/images/generations"
 

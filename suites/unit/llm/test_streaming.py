@@ -8,9 +8,9 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from app.catalog import pricing
-from harness.fakes.providers import FakeProvider, Fault, Reply
-from harness.fixtures.factories import TestUser
+from creditgate.catalog import pricing
+from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
+from creditgate_harness.fixtures.factories import TestUser
 from suites.unit.llm.test_chat import balance, body, expected_charge
 
 pytestmark = pytest.mark.critical

@@ -5,11 +5,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.catalog.service import Catalog, ModelRoute, ProviderConfig
-from app.settings import Settings
-from harness.catalog import catalog_for_tests
-from harness.fakes.providers import FakeProvider, Fault, Reply
-from harness.fixtures.factories import TestUser
+from creditgate.catalog.service import Catalog, ModelRoute, ProviderConfig
+from creditgate.settings import Settings
+from creditgate_harness.catalog import catalog_for_tests
+from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
+from creditgate_harness.fixtures.factories import TestUser
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "test-model", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}

@@ -9,13 +9,13 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from app.main import create_app
-from app.quotas.service import load_plans, period_end
-from app.settings import Settings
-from harness.catalog import catalog_for_tests
-from harness.fakes.providers import FakeProvider, Reply
-from harness.fixtures.factories import TestUser
-from harness.services import Service
+from creditgate.main import create_app
+from creditgate.quotas.service import load_plans, period_end
+from creditgate.settings import Settings
+from creditgate_harness.catalog import catalog_for_tests
+from creditgate_harness.fakes.providers import FakeProvider, Reply
+from creditgate_harness.fixtures.factories import TestUser
+from creditgate_harness.services import Service
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "test-model", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
@@ -33,9 +33,9 @@ async def put_plan(client: httpx.AsyncClient, admin: TestUser, email: str, plan:
 
 @pytest.fixture
 def tiny_plans(monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.main
+    import creditgate.main
 
-    monkeypatch.setattr(app.main, "load_plans", lambda: {"trial": 3, "professional": 5, "enterprise": None})
+    monkeypatch.setattr(creditgate.main, "load_plans", lambda: {"trial": 3, "professional": 5, "enterprise": None})
 
 
 async def test_quota_429_with_headers_and_plan_changes(
@@ -123,7 +123,7 @@ async def test_increment_table_through_the_api(
     expected: str,
 ) -> None:  # type: ignore[no-untyped-def]
     """$0.00004 of vendor cost × 1.5 = 0.006 credits → 0.1 / 0.01 / 1.0 by increment; zero cost → 0."""
-    from app.catalog.service import ModelConfig, ModelRoute
+    from creditgate.catalog.service import ModelConfig, ModelRoute
 
     tiny = ModelConfig(id="tiny", output_per_1k=Decimal(cost_usd_per_1k_out), providers=(ModelRoute(provider="fake"),))
     runtime.catalog = runtime.catalog.model_copy(update={"models": (*runtime.catalog.models, tiny)})

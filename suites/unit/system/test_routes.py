@@ -8,10 +8,10 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from app.db.engine import create_engine
-from app.main import NotMigrated, create_app
-from app.runtime import Runtime
-from app.settings import Settings
+from creditgate.db.engine import create_engine
+from creditgate.main import NotMigrated, create_app
+from creditgate.runtime import Runtime
+from creditgate.settings import Settings
 
 
 async def test_index_and_health(async_client: httpx.AsyncClient) -> None:

@@ -8,7 +8,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from harness.fixtures.factories import TestUser
+from creditgate_harness.fixtures.factories import TestUser
 
 CHAT = {"model": "test-model", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
 

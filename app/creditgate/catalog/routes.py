@@ -1,0 +1,77 @@
+"""GET /catalog/models and /catalog/providers (public)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from creditgate.auth.deps import RuntimeDep
+
+router = APIRouter(prefix="/catalog", tags=["catalog"])
+
+
+class ModelPricing(BaseModel):
+    input_per_1k_usd: str
+    output_per_1k_usd: str
+
+
+class ModelInfo(BaseModel):
+    id: str
+    object: str = "model"
+    owned_by: str
+    pricing: ModelPricing
+    default_max_tokens: int
+    max_output_tokens: int
+    providers: list[str]
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelInfo]
+
+
+class ProviderInfo(BaseModel):
+    name: str
+    kind: str
+    configured: bool
+    circuit: str
+    models: list[str]
+
+
+class ProviderList(BaseModel):
+    data: list[ProviderInfo]
+
+
+@router.get("/models", response_model=ModelList)
+async def models(rt: RuntimeDep) -> ModelList:
+    """Every model with its USD prices per 1,000 tokens and its providers in failover order."""
+    return ModelList(
+        data=[
+            ModelInfo(
+                id=m.id,
+                owned_by=m.owned_by,
+                pricing=ModelPricing(input_per_1k_usd=str(m.input_per_1k), output_per_1k_usd=str(m.output_per_1k)),
+                default_max_tokens=m.default_max_tokens,
+                max_output_tokens=m.max_output_tokens,
+                providers=[r.provider for r in m.providers],
+            )
+            for m in rt.catalog.models
+        ]
+    )
+
+
+@router.get("/providers", response_model=ProviderList)
+async def providers(rt: RuntimeDep) -> ProviderList:
+    """Every provider, whether it has an API key, its circuit (closed/opened/half-opened) and its models."""
+    return ProviderList(
+        data=[
+            ProviderInfo(
+                name=p.name,
+                kind=p.kind,
+                configured=p.resolve_key() is not None,
+                circuit=await rt.providers.state(p.name),
+                models=[m.id for m in rt.catalog.models if any(r.provider == p.name for r in m.providers)],
+            )
+            for p in rt.catalog.providers
+        ]
+    )

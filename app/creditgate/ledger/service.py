@@ -1,0 +1,380 @@
+"""Every balance change goes through here, as a conditional update plus a ledger row in one transaction.
+
+Callers own the transaction (``async with session.begin(): ...``); these functions never commit.
+The invariant the auditor checks after every test: for each account,
+``balance == sum(ledger_entries.amount)`` and ``balance >= 0``.
+
+Entry types (signed hundredths of a credit):
+``purchase`` +, ``bonus`` +, ``adjustment`` ±, ``refund`` −, ``hold`` −, ``release`` +, ``api_usage`` −.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import ColumnElement, case, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from creditgate.db.models import Account, Hold, LedgerEntry, Membership, utcnow
+from creditgate.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
+from creditgate.money import from_hundredths, to_hundredths
+
+CREDIT_TYPES = frozenset({"purchase", "bonus", "adjustment"})
+DEBIT_TYPES = frozenset({"adjustment", "refund"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Closed:
+    account_id: int
+    amount: int
+    charged: int
+    membership_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    charged: Decimal
+    released: Decimal
+    late: bool  # the hold had already been released by the sweeper; charged what the balance allowed
+    balance: Decimal  # the account's balance right after
+
+
+async def open_account(session: AsyncSession, *, user_id: int | None) -> Account:
+    account = Account(user_id=user_id, balance=0)
+    session.add(account)
+    await session.flush()
+    return account
+
+
+async def balance_of(session: AsyncSession, account_id: int) -> Decimal:
+    units = await session.scalar(select(Account.balance).where(Account.id == account_id))
+    if units is None:
+        raise NotFound(f"account {account_id} does not exist")
+    return from_hundredths(units)
+
+
+async def _move(session: AsyncSession, *, account_id: int, delta: int, require_funds: bool = True) -> int | None:
+    """Apply ``delta`` to the balance in one conditional UPDATE (locking the row); the new balance,
+    or ``None`` when a debit would take it below zero."""
+    condition: ColumnElement[bool] = Account.id == account_id
+    if delta < 0 and require_funds:
+        condition = condition & (Account.balance >= -delta)
+    balance: int | None = await session.scalar(
+        update(Account).where(condition).values(balance=Account.balance + delta).returning(Account.balance)
+    )
+    return balance
+
+
+async def _append(session: AsyncSession, *rows: dict[str, object]) -> None:
+    """Append ledger rows with one INSERT (hot path: no ORM objects)."""
+    await session.execute(insert(LedgerEntry), [{"created_at": utcnow(), **row} for row in rows])
+
+
+async def _write(
+    session: AsyncSession,
+    *,
+    account_id: int,
+    delta: int,
+    type: str,
+    idempotency_key: str | None = None,
+    description: str | None = None,
+) -> LedgerEntry | None:
+    """Apply ``delta`` to the balance (refusing to go below zero) and append its ledger row."""
+    new_balance = await _move(session, account_id=account_id, delta=delta)
+    if new_balance is None:
+        return None
+    entry = LedgerEntry(
+        account_id=account_id,
+        type=type,
+        amount=delta,
+        balance_after=new_balance,
+        idempotency_key=idempotency_key,
+        description=description,
+    )
+    session.add(entry)
+    await session.flush()
+    return entry
+
+
+async def _replayed(
+    session: AsyncSession, *, idempotency_key: str, account_id: int, delta: int, type: str
+) -> LedgerEntry | None:
+    """The earlier entry for this key if its fields match; ``Conflict`` if they differ."""
+    existing = await session.scalar(select(LedgerEntry).where(LedgerEntry.idempotency_key == idempotency_key))
+    if existing is None:
+        return None
+    if (existing.account_id, existing.amount, existing.type) != (account_id, delta, type):
+        raise Conflict(
+            f"idempotency key {idempotency_key!r} was already used with different fields",
+            idempotency_key=idempotency_key,
+        )
+    return existing
+
+
+async def post_entry(
+    session: AsyncSession,
+    *,
+    account_id: int,
+    amount: Decimal,
+    type: str,
+    idempotency_key: str | None = None,
+    description: str | None = None,
+) -> tuple[LedgerEntry, bool]:
+    """Credit (amount > 0) or debit (amount < 0) an account outside the hold cycle.
+
+    Returns ``(entry, created)``; a repeat of the same idempotency key with identical fields
+    returns the first entry and ``created=False``.
+    """
+    delta = to_hundredths(amount)
+    if delta == 0:
+        raise InvalidRequest("amount must not be zero")
+    allowed = CREDIT_TYPES if delta > 0 else DEBIT_TYPES
+    if type not in allowed:
+        raise InvalidRequest(f"a {'positive' if delta > 0 else 'negative'} {type!r} entry is not allowed")
+    if idempotency_key is not None:
+        earlier = await _replayed(
+            session, idempotency_key=idempotency_key, account_id=account_id, delta=delta, type=type
+        )
+        if earlier is not None:
+            return earlier, False
+    entry = await _write(
+        session,
+        account_id=account_id,
+        delta=delta,
+        type=type,
+        idempotency_key=idempotency_key,
+        description=description,
+    )
+    if entry is None:
+        balance = await balance_of(session, account_id)
+        raise InsufficientCredits(
+            f"balance {balance} is less than {-amount}", balance=str(balance), required=str(-amount)
+        )
+    return entry, True
+
+
+async def place_hold(
+    session: AsyncSession,
+    *,
+    account_id: int,
+    amount: Decimal,
+    request_id: str,
+    ttl: timedelta,
+    membership_id: int | None = None,
+    user_id: int | None = None,
+) -> int:
+    """Reserve ``amount`` for a request, atomically, and return the hold's id; ``InsufficientCredits``
+    if the balance is short.
+
+    For an org member the reservation also counts against their allocation (conditionally, so
+    concurrent members can overdraw neither the org nor their own allocation).
+    """
+    units = to_hundredths(amount)
+    if units < 0:
+        raise InvalidRequest("a hold cannot be negative")
+    if membership_id is not None:
+        await _reserve_allocation(session, membership_id=membership_id, units=units, amount=amount)
+    new_balance = await _move(session, account_id=account_id, delta=-units)
+    if new_balance is None:
+        balance = await balance_of(session, account_id)
+        whose = "the organization has" if membership_id is not None else "insufficient credits:"
+        raise InsufficientCredits(
+            f"{whose} balance {balance}, this request may cost up to {amount}"
+            if membership_id is None
+            else f"{whose} {balance} credits left, this request may cost up to {amount}",
+            reason="org_insufficient_credits" if membership_id is not None else "insufficient_credits",
+            balance=str(balance),
+            required=str(amount),
+        )
+    now = utcnow()
+    hold_id: int = (
+        await session.scalar(
+            insert(Hold)
+            .values(
+                account_id=account_id,
+                request_id=request_id,
+                amount=units,
+                status="open",
+                charged=0,
+                created_at=now,
+                expires_at=now + ttl,
+                membership_id=membership_id,
+            )
+            .returning(Hold.id)
+        )
+        or 0
+    )
+    await _append(
+        session,
+        {
+            "account_id": account_id,
+            "type": "hold",
+            "amount": -units,
+            "balance_after": new_balance,
+            "hold_id": hold_id,
+            "user_id": user_id,
+        },
+    )
+    return hold_id
+
+
+async def _reserve_allocation(session: AsyncSession, *, membership_id: int, units: int, amount: Decimal) -> None:
+    reserved = await session.scalar(
+        update(Membership)
+        .where(Membership.id == membership_id, Membership.used + units <= Membership.allocation)
+        .values(used=Membership.used + units)
+        .returning(Membership.id)
+    )
+    if reserved is not None:
+        return
+    row = (
+        await session.execute(select(Membership.allocation, Membership.used).where(Membership.id == membership_id))
+    ).one()
+    left = from_hundredths(max(row.allocation - row.used, 0))
+    if row.allocation == 0:
+        raise InsufficientCredits(
+            "you have no credit allocation in your organization; ask an org admin for one",
+            reason="no_allocation",
+            allocation="0.00",
+            balance="0.00",
+            required=str(amount),
+        )
+    raise InsufficientCredits(
+        f"your organization allocation is exhausted: {left} of {from_hundredths(row.allocation)} left, "
+        f"this request may cost up to {amount}",
+        reason="allocation_exhausted",
+        allocation=str(from_hundredths(row.allocation)),
+        balance=str(left),
+        required=str(amount),
+    )
+
+
+async def _adjust_allocation(session: AsyncSession, membership_id: int | None, delta: int) -> None:
+    if membership_id is not None and delta:
+        await session.execute(
+            update(Membership).where(Membership.id == membership_id).values(used=Membership.used + delta)
+        )
+
+
+async def _close(session: AsyncSession, *, hold_id: int, status: str, charge: int = 0) -> _Closed | None:
+    """Move an open hold to ``status``, charging ``charge`` capped at the hold; ``None`` if it was not
+    open (so each hold closes once)."""
+    row = (
+        await session.execute(
+            update(Hold)
+            .where(Hold.id == hold_id, Hold.status == "open")
+            .values(status=status, charged=case((Hold.amount < charge, Hold.amount), else_=charge), closed_at=utcnow())
+            .returning(Hold.account_id, Hold.amount, Hold.charged, Hold.membership_id)
+            .execution_options(synchronize_session=False)
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return _Closed(account_id=row.account_id, amount=row.amount, charged=row.charged, membership_id=row.membership_id)
+
+
+async def _give_back(
+    session: AsyncSession, closed: _Closed, *, hold_id: int, user_id: int | None, description: str | None = None
+) -> int:
+    """Return the hold to the balance and debit what it was charged: one UPDATE, one INSERT."""
+    new_balance = await _move(session, account_id=closed.account_id, delta=closed.amount - closed.charged)
+    assert new_balance is not None, "a credit never fails the funds check"
+    common = {"account_id": closed.account_id, "hold_id": hold_id, "user_id": user_id}
+    rows: list[dict[str, object]] = [
+        {**common, "type": "release", "amount": closed.amount, "balance_after": new_balance + closed.charged}
+    ]
+    if closed.charged:
+        rows.append(
+            {
+                **common,
+                "type": "api_usage",
+                "amount": -closed.charged,
+                "balance_after": new_balance,
+                "description": description,
+            }
+        )
+    await _append(session, *rows)
+    await _adjust_allocation(session, closed.membership_id, -(closed.amount - closed.charged))
+    return new_balance
+
+
+async def settle_hold(
+    session: AsyncSession, *, hold_id: int, charge: Decimal, description: str | None = None, user_id: int | None = None
+) -> SettleResult:
+    """Charge the actual cost of a held request, capped at the hold, and release the rest."""
+    wanted = to_hundredths(charge)
+    if wanted < 0:
+        raise InvalidRequest("a charge cannot be negative")
+    closed = await _close(session, hold_id=hold_id, status="settled", charge=wanted)
+    if closed is not None:
+        balance = await _give_back(session, closed, hold_id=hold_id, user_id=user_id, description=description)
+        return SettleResult(
+            from_hundredths(closed.charged),
+            from_hundredths(closed.amount - closed.charged),
+            late=False,
+            balance=from_hundredths(balance),
+        )
+    row = (
+        await session.execute(
+            select(Hold.account_id, Hold.amount, Hold.status, Hold.membership_id).where(Hold.id == hold_id)
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"hold {hold_id} does not exist")
+    if row.status != "expired":
+        raise Conflict(f"hold {hold_id} is already {row.status}")
+    # The sweeper released this hold before the request finished. Charge what the balance allows.
+    current = await session.scalar(select(Account.balance).where(Account.id == row.account_id).with_for_update())
+    late_units = min(wanted, row.amount, current or 0)
+    await session.execute(update(Hold).where(Hold.id == hold_id).values(charged=late_units))
+    await _adjust_allocation(session, row.membership_id, late_units)
+    if late_units:
+        new_balance = await _move(session, account_id=row.account_id, delta=-late_units)
+        assert new_balance is not None  # the row is locked and held at least this much
+        await _append(
+            session,
+            {
+                "account_id": row.account_id,
+                "type": "api_usage",
+                "amount": -late_units,
+                "balance_after": new_balance,
+                "hold_id": hold_id,
+                "user_id": user_id,
+                "description": (description or "") + " (settled after hold expiry)",
+            },
+        )
+    left = (current or 0) - late_units
+    return SettleResult(from_hundredths(late_units), Decimal("0.00"), late=True, balance=from_hundredths(left))
+
+
+async def release_hold(
+    session: AsyncSession, *, hold_id: int, status: str = "released", user_id: int | None = None
+) -> bool:
+    """Give a hold back in full (and the member's allocation); ``False`` if it was already closed."""
+    closed = await _close(session, hold_id=hold_id, status=status)
+    if closed is None:
+        return False
+    await _give_back(session, closed, hold_id=hold_id, user_id=user_id)
+    return True
+
+
+async def expired_hold_ids(session: AsyncSession, *, now: datetime, limit: int = 500) -> list[int]:
+    rows = await session.scalars(
+        select(Hold.id).where(Hold.status == "open", Hold.expires_at < now).order_by(Hold.id).limit(limit)
+    )
+    return list(rows)
+
+
+async def held_amount(session: AsyncSession, account_id: int) -> Decimal:
+    units = await session.scalar(
+        select(func.coalesce(func.sum(Hold.amount), 0)).where(Hold.account_id == account_id, Hold.status == "open")
+    )
+    return from_hundredths(int(units or 0))
+
+
+def signed_sum(type_: str, *, negate: bool = False) -> ColumnElement[int]:
+    """SUM of the amounts of one entry type (for summaries)."""
+    amount = -LedgerEntry.amount if negate else LedgerEntry.amount
+    return func.coalesce(func.sum(case((LedgerEntry.type == type_, amount), else_=0)), 0)

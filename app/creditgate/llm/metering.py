@@ -1,0 +1,235 @@
+"""Hold before the provider call, settle or release after — once, even if the client goes away.
+
+``Meter.open`` holds the worst case (402 with what is affordable if it cannot); ``settle`` charges
+the actual cost (never above the hold) and writes the usage record in the same transaction;
+``release`` gives the hold back. Both run shielded from cancellation, so a client disconnect in
+the middle of a stream still settles. A BYOK request holds nothing and is charged 0, but its
+usage is recorded all the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import anyio
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from creditgate.auth.service import Principal
+from creditgate.byok.service import keys_for
+from creditgate.catalog import pricing
+from creditgate.catalog.service import ModelConfig
+from creditgate.db.models import UsageRecord, utcnow
+from creditgate.errors import InsufficientCredits
+from creditgate.ledger import service as ledger
+from creditgate.money import to_hundredths
+from creditgate.notifications.outbox import crossed_below, notify_account
+from creditgate.providers.router import UpstreamStream
+from creditgate.quotas.service import Admission
+from creditgate.runtime import Runtime
+
+log = logging.getLogger(__name__)
+ZERO = Decimal("0.00")
+
+
+@dataclass
+class Meter:
+    rt: Runtime
+    principal: Principal
+    model: ModelConfig
+    increment: Decimal
+    prompt_estimate: int
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    user_keys: dict[str, str] = field(default_factory=dict)  # the caller's own provider keys (BYOK)
+    hold_id: int | None = None
+    closed: bool = False
+
+    @property
+    def byok(self) -> bool:
+        """The caller pays the provider with their own key: 0 credits, usage still recorded."""
+        return bool(self.user_keys)
+
+    def price(self, *, prompt_tokens: int, completion_tokens: int, images: int = 0) -> Decimal:
+        """What these tokens (or images) cost in credits, rounded up to the increment."""
+        if self.byok:
+            return ZERO
+        return pricing.credits_for(
+            self.model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            images=images,
+            margin=self.rt.settings.margin,
+            credit_value_usd=self.rt.settings.credit_value_usd,
+            increment=self.increment,
+        )
+
+    @classmethod
+    async def open(
+        cls,
+        rt: Runtime,
+        principal: Principal,
+        model: ModelConfig,
+        *,
+        prompt_estimate: int,
+        max_tokens: int = 0,
+        images: int = 0,
+    ) -> Meter:
+        """In one transaction: load the caller's own provider keys (BYOK), count the call against the
+        plan's quota (429 past it) and hold the most this request can cost (402 if the balance is short;
+        nothing is held for BYOK). A refused hold gives the quota call back."""
+        admission: Admission | None = None
+        try:
+            async with rt.sessionmaker.begin() as session:
+                user_keys = await keys_for(session, user_id=principal.user_id, settings=rt.settings)
+                user_keys = {p.provider: user_keys[p.provider] for p in model.providers if p.provider in user_keys}
+                admission = await rt.quotas.admit(session, principal.quota_subject)
+                if admission is not None and (crossed := admission.crossed()) is not None:
+                    await notify_account(
+                        session,
+                        account_id=principal.account_id,
+                        type=crossed,
+                        data={"subject": principal.quota_subject, "calls": admission.count, "limit": admission.limit},
+                    )
+                increment = await pricing.current_increment(session, default=rt.settings.default_credit_increment)
+                meter = cls(rt, principal, model, increment, prompt_estimate, user_keys=user_keys)
+                if not meter.byok:
+                    worst = meter.price(prompt_tokens=prompt_estimate, completion_tokens=max_tokens, images=images)
+                    meter.hold_id = await meter._hold(session, worst, images=images)
+            return meter
+        except BaseException:
+            await rt.quotas.give_back(admission)  # refused for credits: the call does not count
+            raise
+
+    async def _hold(self, session: AsyncSession, worst: Decimal, *, images: int) -> int:
+        rt, principal = self.rt, self.principal
+        try:
+            return await ledger.place_hold(
+                session,
+                account_id=principal.account_id,
+                amount=worst,
+                request_id=self.request_id,
+                ttl=timedelta(seconds=rt.settings.hold_ttl_seconds),
+                membership_id=principal.membership_id,
+                user_id=principal.user_id,
+            )
+        except InsufficientCredits as exc:
+            if not images and exc.extra.get("reason") in {"insufficient_credits", "org_insufficient_credits"}:
+                exc.extra["max_affordable_tokens"] = pricing.max_affordable_tokens(
+                    self.model,
+                    balance=Decimal(exc.extra["balance"]),
+                    prompt_tokens=self.prompt_estimate,
+                    margin=rt.settings.margin,
+                    credit_value_usd=rt.settings.credit_value_usd,
+                    increment=self.increment,
+                )
+            raise
+
+    async def settle(
+        self,
+        *,
+        charge: Decimal,
+        provider: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        latency_ms: int,
+        outcome: str = "ok",
+    ) -> Decimal:
+        """Charge ``charge`` (capped at the hold), release the rest, record the usage. Returns what was charged."""
+        if self.closed:
+            return ZERO
+        self.closed = True
+        with anyio.CancelScope(shield=True):
+            async with self.rt.sessionmaker() as session, session.begin():
+                charged = ZERO
+                if self.hold_id is not None:
+                    result = await ledger.settle_hold(
+                        session,
+                        hold_id=self.hold_id,
+                        charge=charge,
+                        description=f"{self.model.id} via {provider}",
+                        user_id=self.principal.user_id,
+                    )
+                    charged = result.charged
+                    threshold = self.rt.settings.notify_low_balance
+                    if crossed_below(threshold, before=result.balance + charged, after=result.balance):
+                        await notify_account(
+                            session,
+                            account_id=self.principal.account_id,
+                            type="low_balance",
+                            data={"balance": str(result.balance), "threshold": str(threshold)},
+                        )
+                await session.execute(
+                    insert(UsageRecord),
+                    [self._usage(provider, prompt_tokens, completion_tokens, charged, latency_ms, outcome)],
+                )
+        return charged
+
+    async def open_stream(self, payload: dict[str, Any], *, user_keys: dict[str, str]) -> UpstreamStream:
+        """Open the upstream chat stream (failover happens before the first byte); release the hold if none opens."""
+        try:
+            return await self.rt.providers.open_stream(
+                model=self.model,
+                path="/chat/completions",
+                payload=payload,
+                timeout=self.rt.settings.upstream_timeout_seconds,
+                user_keys=user_keys,
+            )
+        except BaseException:
+            await self.release()
+            raise
+
+    async def settle_stream(
+        self, *, usage: dict[str, int] | None, delivered: list[str], provider: str, latency_ms: int, outcome: str
+    ) -> Decimal:
+        """The streaming rule: the usage chunk if one came; else the prompt estimate plus the text delivered;
+        nothing if no text was delivered."""
+        if usage is not None:
+            prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        elif delivered:
+            prompt, completion = self.prompt_estimate, pricing.estimate_prompt_tokens(["".join(delivered)])
+        else:
+            prompt, completion = 0, 0
+        return await self.settle(
+            charge=self.price(prompt_tokens=prompt, completion_tokens=completion),
+            provider=provider,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            latency_ms=latency_ms,
+            outcome=outcome,
+        )
+
+    async def release(self, *, provider: str | None = None, outcome: str = "failed") -> None:
+        """Give the whole hold back (a failed request costs nothing) and record the attempt."""
+        if self.closed:
+            return
+        self.closed = True
+        with anyio.CancelScope(shield=True):
+            try:
+                async with self.rt.sessionmaker() as session, session.begin():
+                    if self.hold_id is not None:
+                        await ledger.release_hold(session, hold_id=self.hold_id, user_id=self.principal.user_id)
+                    await session.execute(insert(UsageRecord), [self._usage(provider, 0, 0, ZERO, 0, outcome)])
+            except Exception:  # the sweeper releases it at expiry
+                log.exception("could not release hold %s; the sweeper will", self.hold_id)
+
+    def _usage(
+        self, provider: str | None, prompt: int, completion: int, charged: Decimal, latency_ms: int, outcome: str
+    ) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "user_id": self.principal.user_id,
+            "model": self.model.id,
+            "provider": provider,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "credits": to_hundredths(charged),
+            "latency_ms": latency_ms,
+            "outcome": outcome,
+            "byok": self.byok,
+            "created_at": utcnow(),
+        }

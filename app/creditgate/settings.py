@@ -1,0 +1,87 @@
+"""Gateway settings, read from the environment with the ``CREDITGATE_`` prefix."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from creditgate.money import check_increment
+
+
+class Settings(BaseSettings):
+    """Everything the gateway reads at start-up; built explicitly and passed to ``create_app``."""
+
+    model_config = SettingsConfigDict(env_prefix="CREDITGATE_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./creditgate.db"
+    redis_url: str | None = None
+    margin: Decimal = Field(default=Decimal("1.5"), gt=0, description="multiplier on vendor cost")
+    credit_value_usd: Decimal = Field(default=Decimal("0.01"), gt=0, description="$ per credit")
+    default_credit_increment: Decimal = Decimal("0.1")
+    catalog: Path | None = Field(default=None, description="JSON catalog file; the built-in one if unset")
+    hold_ttl_seconds: int = Field(default=600, ge=30)
+    sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    upstream_timeout_seconds: float = Field(default=120.0, gt=0)
+    default_max_tokens: int = Field(default=4096, ge=1)
+    demo: bool = False
+    db_pool_size: int = Field(default=20, ge=1)
+
+    breaker_threshold: int = Field(default=5, ge=1, description="consecutive failures that open a provider's circuit")
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    default_plan: str = Field(default="trial", description="plan for users and orgs with no subscription")
+    byok_encryption_key: str | None = Field(default=None, repr=False, description="Fernet key for stored BYOK keys")
+
+    # Billing (Stripe). Without a secret key the billing routes answer 503.
+    stripe_secret_key: str | None = Field(default=None, repr=False)
+    stripe_webhook_secret: str | None = Field(default=None, repr=False)
+    stripe_api_base: str | None = Field(default=None, description="point the SDK elsewhere (a fake, a proxy)")
+    checkout_success_url: str = "http://localhost:8000/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    checkout_cancel_url: str = "http://localhost:8000/billing/cancel"
+    portal_return_url: str = "http://localhost:8000/"
+    min_topup_usd: Decimal = Field(default=Decimal(1), gt=0)
+    max_topup_usd: Decimal = Field(default=Decimal(10_000), gt=0)
+
+    # OIDC (e.g. Keycloak: https://sso.example.com/realms/acme). Without an issuer only API keys sign in.
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = Field(default=None, description="the aud tokens must carry (Keycloak: the client id)")
+    oidc_roles_claim: str = Field(default="realm_access.roles", description="dotted path to the roles list")
+    oidc_admin_role: str = "creditgate-admin"
+    oidc_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    oidc_jwks_ttl_seconds: int = Field(default=600, ge=0)
+
+    # Lago subscription webhooks: the HMAC key (Lago's API key) and/or the RS256 public key (PEM).
+    lago_hmac_key: str | None = Field(default=None, repr=False)
+    lago_public_key: str | None = None
+    lago_issuer: str = "https://api.getlago.com"
+    lago_plan_map: dict[str, str] = Field(
+        default_factory=dict, description='Lago plan code → plan, e.g. {"pro": "professional"}'
+    )
+
+    # Telegram Mini App sign-in: the bot's token; initData older than the max age is refused.
+    telegram_bot_token: str | None = Field(default=None, repr=False)
+    telegram_max_age_seconds: int = Field(default=3600, gt=0)
+    telegram_key_ttl_seconds: int = Field(default=3600, gt=0)
+
+    # Notifications: delivered to this URL, signed with the secret; a balance below the threshold notifies.
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: str | None = Field(default=None, repr=False)
+    notify_low_balance: Decimal = Field(default=Decimal(100), ge=0)
+    notify_poll_seconds: float = Field(default=1.0, gt=0)
+    notify_max_attempts: int = Field(default=12, gt=0)
+    notify_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _oidc_needs_an_audience(self) -> Settings:
+        if self.oidc_issuer and not self.oidc_audience:
+            raise ValueError(
+                "CREDITGATE_OIDC_AUDIENCE is required with CREDITGATE_OIDC_ISSUER (tokens' aud is checked)"
+            )
+        return self
+
+    @field_validator("default_credit_increment")
+    @classmethod
+    def _increment_allowed(cls, value: Decimal) -> Decimal:
+        return check_increment(value)

@@ -1,0 +1,72 @@
+"""Stripe-signed webhook delivery: ``Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.payload">``."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import httpx
+
+from creditgate_harness.fakes.stripe.app import FakeStripe
+
+Deliver = Callable[[bytes, dict[str, str]], Awaitable[httpx.Response]]
+
+
+def sign_payload(payload: bytes, *, secrets: Sequence[str], timestamp: int | None = None) -> str:
+    """The ``Stripe-Signature`` header for ``payload`` (one ``v1`` per secret, as during a rotation)."""
+    t = int(time.time()) if timestamp is None else timestamp
+    signed = f"{t}.".encode() + payload
+    parts = [f"t={t}"] + [f"v1={hmac.new(s.encode(), signed, hashlib.sha256).hexdigest()}" for s in secrets]
+    return ",".join(parts)
+
+
+class StripeWebhooks:
+    """Signs the fake's events and delivers them to the gateway, with ways to misbehave like Stripe does."""
+
+    def __init__(self, fake: FakeStripe, deliver: Deliver, *, secret: str) -> None:
+        self.fake = fake
+        self.secret = secret
+        self._deliver = deliver
+        self._sent = 0
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Events the fake emitted that have not been delivered yet."""
+        return self.fake.events[self._sent :]
+
+    async def send(
+        self,
+        event: dict[str, Any],
+        *,
+        timestamp: int | None = None,
+        secrets: Sequence[str] | None = None,
+        tamper: bool = False,
+        signature: str | None = None,
+    ) -> httpx.Response:
+        """Deliver one event, signed (or with ``signature`` as given, or tampered after signing)."""
+        payload = json.dumps(event).encode()
+        header = (
+            signature
+            if signature is not None
+            else sign_payload(payload, secrets=secrets or [self.secret], timestamp=timestamp)
+        )
+        if tamper:
+            payload = payload.replace(b'"livemode": false', b'"livemode": true ')
+        headers = {"Content-Type": "application/json"}
+        if header:
+            headers["Stripe-Signature"] = header
+        return await self._deliver(payload, headers)
+
+    async def deliver_pending(
+        self, *, times: int = 1, shuffle: bool = False, seed: int | None = None
+    ) -> list[httpx.Response]:
+        """Deliver every pending event ``times`` times, optionally shuffled (Stripe's at-least-once, any order)."""
+        batch = [e for e in self.pending() for _ in range(times)]
+        self._sent = len(self.fake.events)
+        if shuffle:
+            random.Random(seed).shuffle(batch)
+        return [await self.send(event) for event in batch]

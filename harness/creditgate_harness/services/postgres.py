@@ -1,0 +1,147 @@
+"""Postgres for tests: ``HARNESS_POSTGRES_URL``, a testcontainers container, or local ``initdb``/``pg_ctl``.
+
+The local backend is root-safe: Postgres refuses to run as root, so as root the data directory
+is handed to the ``postgres`` user (or ``nobody``) and every server process runs as that user.
+"""
+
+from __future__ import annotations
+
+import atexit
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from creditgate_harness.services.base import (
+    Service,
+    ServiceUnavailable,
+    docker_engine_answers,
+    free_port,
+    run_sync,
+    try_backends,
+)
+
+ENV_URL = "HARNESS_POSTGRES_URL"
+
+
+def plain_url(url: str) -> str:
+    """A libpq URL (no SQLAlchemy driver suffix), as asyncpg wants it."""
+    return url.replace("postgresql+asyncpg://", "postgresql://").replace("postgres://", "postgresql://")
+
+
+async def _version(url: str) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(plain_url(url), timeout=5)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+def server_version(url: str) -> str:
+    try:
+        return str(run_sync(_version(url)))
+    except Exception as exc:
+        raise ServiceUnavailable(f"cannot connect to {url}: {exc}") from exc
+
+
+def _external() -> Service:
+    url = os.environ.get(ENV_URL)
+    if not url:
+        raise ServiceUnavailable(f"{ENV_URL} is not set")
+    return Service("postgres", plain_url(url), server_version(url), "external")
+
+
+def _docker() -> Service:
+    reason = docker_engine_answers()
+    if reason:
+        raise ServiceUnavailable(reason)
+    from testcontainers.postgres import PostgresContainer  # pragma: no cover - needs a Docker engine
+
+    container = PostgresContainer("postgres:16-alpine", driver=None)  # pragma: no cover
+    container.start()  # pragma: no cover
+    url = container.get_connection_url()  # pragma: no cover
+    return Service("postgres", url, server_version(url), "docker", container.stop)  # pragma: no cover
+
+
+def find_bin(name: str) -> str | None:
+    """A Postgres binary from PATH or Debian's /usr/lib/postgresql/<version>/bin (newest first)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(Path(p).parts[4]), reverse=True
+    )
+    return candidates[0] if candidates else None
+
+
+def _unprivileged_user() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise ServiceUnavailable("running as root and no 'postgres' or 'nobody' user to run Postgres as")
+
+
+def _local() -> Service:
+    initdb, pg_ctl = find_bin("initdb"), find_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        raise ServiceUnavailable("initdb/pg_ctl not found: apt-get install postgresql, or set HARNESS_POSTGRES_URL")
+    user = _unprivileged_user()
+    # A short path: the Unix socket path must stay under ~100 bytes.
+    root = Path(tempfile.mkdtemp(prefix="hpg", dir="/tmp"))
+    data, log = root / "data", root / "log"
+    as_user: dict[str, Any] = {}
+    if user is not None:
+        os.chown(root, user.pw_uid, user.pw_gid)
+        as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+    try:
+        subprocess.run(
+            [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+            check=True,
+            capture_output=True,
+            env=env,
+            cwd=root,
+            **as_user,
+        )
+        port = free_port()
+        opts = (
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
+        subprocess.run(
+            [pg_ctl, "-D", str(data), "-o", opts, "-l", str(log), "-w", "-t", "60", "start"],
+            check=True,
+            capture_output=True,
+            env=env,
+            cwd=root,
+            **as_user,
+        )
+    except (subprocess.CalledProcessError, OSError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        shutil.rmtree(root, ignore_errors=True)
+        raise ServiceUnavailable(f"local Postgres failed to start: {exc} {detail.decode(errors='replace')}") from exc
+
+    def stop() -> None:
+        subprocess.run(
+            [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, env=env, cwd="/", **as_user
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+    atexit.register(stop)  # also on Ctrl-C and on a crashed session
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    return Service("postgres", url, server_version(url), "local", stop)
+
+
+def start_postgres(backend: str = "auto") -> Service:
+    """A running Postgres from the first backend that works (or exactly ``backend``)."""
+    return try_backends("postgres", backend, {"external": _external, "docker": _docker, "local": _local})

@@ -1,6 +1,0 @@
-"""A stateful fake Stripe API that the real ``stripe`` SDK talks to, plus a signed webhook sender."""
-
-from harness.fakes.stripe.app import FakeStripe
-from harness.fakes.stripe.webhooks import StripeWebhooks, sign_payload
-
-__all__ = ["FakeStripe", "StripeWebhooks", "sign_payload"]
