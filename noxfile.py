@@ -72,7 +72,7 @@ def e2e(session: nox.Session) -> None:
 @nox.session(default=False)
 def smoke(session: nox.Session) -> None:
     """Read-only checks of a deployment: nox -s smoke -- --base-url https://… (or BASE_URL, SMOKE_API_KEY)."""
-    session.install("pytest>=8.3", "httpx>=0.28", "hypothesis>=6.120")
+    session.install(*nox.project.dependency_groups(PYPROJECT, "smoke"))
     session.run("pytest", "suites/smoke", *session.posargs)
 
 
