@@ -78,7 +78,10 @@ def smoke(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def load(session: nox.Session) -> None:
-    """locust scenarios against N gateway workers, then the ledger auditor: nox -s load -- --users 100 --time 60s."""
+    """locust scenarios against N gateway workers, then the ledger auditor: nox -s load -- --users 100 --time 60s.
+
+    Each run writes into its own reports/load/<run-id>/; no locust, no paid request or no final stats fails it.
+    """
     install(session, "test", "load")
     session.run("python", "-m", "suites.load.run", *session.posargs)
 

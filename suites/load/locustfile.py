@@ -2,6 +2,8 @@
 
 Keys come from LOAD_KEYS_FILE (JSON: {"users": [...], "org_members": [...]}) written by run.py.
 Every request goes to the --host given to locust, which run.py sets to a loopback gateway.
+When locust quits, LOAD_STATUS_FILE (if set; a single-process run) gets a count per endpoint and HTTP status,
+the scenarios' exceptions and the run's duration, for suites/load/summary.py.
 """
 
 from __future__ import annotations
@@ -13,21 +15,40 @@ import json
 import os
 import random
 import time
+from collections import Counter, defaultdict
+from typing import Any
 
-from locust import FastHttpUser, between, task
+from locust import FastHttpUser, between, events, task
 
 KEYS = json.loads(open(os.environ["LOAD_KEYS_FILE"]).read())  # noqa: SIM115 - read once at import
 _users = itertools.cycle(KEYS["users"])
 _members = itertools.cycle(KEYS["org_members"])
 CHAT = {"model": "test-model", "max_tokens": 50, "messages": [{"role": "user", "content": "load"}]}
+_statuses: defaultdict[str, Counter[int]] = defaultdict(Counter)
 
 
-def _ok(response, *allowed: int) -> None:  # type: ignore[no-untyped-def]
-    """Only 5xx is a failure: 402 (out of credits) and 429 (quota) are the gateway doing its job."""
-    if response.status_code >= 500 or response.status_code not in (200, *allowed):
-        response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
-    else:
+@events.request.add_listener
+def _count_status(name: str, response: Any, **_: Any) -> None:
+    _statuses[name][getattr(response, "status_code", 0) or 0] += 1
+
+
+@events.quitting.add_listener
+def _write_statuses(environment: Any, **_: Any) -> None:
+    if not (path := os.environ.get("LOAD_STATUS_FILE")):  # locust run by hand
+        return
+    exceptions = sum(e["count"] for e in environment.runner.exceptions.values())
+    total = environment.stats.total  # the time span locust divides by for its req/s
+    duration = (total.last_request_timestamp or total.start_time) - total.start_time
+    with open(path, "w") as f:
+        json.dump({"statuses": _statuses, "exceptions": exceptions, "duration_s": duration}, f)
+
+
+def _ok(response) -> None:  # type: ignore[no-untyped-def]
+    """2xx passes, and so do 402 (out of credits) and 429 (over quota): the gateway doing its job."""
+    if 200 <= response.status_code < 300 or response.status_code in (402, 429):
         response.success()
+    else:
+        response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
 
 
 class DeductingUser(FastHttpUser):
@@ -44,7 +65,7 @@ class DeductingUser(FastHttpUser):
         with self.client.post(
             "/v1/chat/completions", json=CHAT, headers=self.headers, catch_response=True, name="chat"
         ) as r:
-            _ok(r, 402, 429)
+            _ok(r)
 
     @task(1)
     def stream(self) -> None:
@@ -55,7 +76,7 @@ class DeductingUser(FastHttpUser):
             catch_response=True,
             name="chat stream",
         ) as r:
-            _ok(r, 402, 429)
+            _ok(r)
 
 
 class OrgMember(FastHttpUser):
@@ -72,7 +93,7 @@ class OrgMember(FastHttpUser):
         with self.client.post(
             "/v1/chat/completions", json=CHAT, headers=self.headers, catch_response=True, name="org chat"
         ) as r:
-            _ok(r, 402, 429)
+            _ok(r)
 
 
 class WebhookStorm(FastHttpUser):
