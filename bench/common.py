@@ -11,9 +11,9 @@ from contextlib import contextmanager
 
 import httpx
 
-from creditgate_harness.fixtures.database import _admin, asyncpg_url
 from creditgate_harness.services import start_postgres
-from creditgate_harness.services.base import free_port, run_sync
+from creditgate_harness.services.base import free_port
+from creditgate_harness.services.postgres import create_database, database_url, drop_database
 
 
 @contextmanager
@@ -40,9 +40,9 @@ def postgres_database(prefix: str) -> Iterator[tuple[str, str]]:
     yields ``(asyncpg URL, a description of the server)``."""
     postgres = start_postgres()
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    run_sync(_admin(postgres.url, f'CREATE DATABASE "{name}"'))
+    create_database(postgres.url, name)
     try:
-        yield asyncpg_url(postgres.url, name), str(postgres)
+        yield database_url(postgres.url, name), str(postgres)
     finally:
-        run_sync(_admin(postgres.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        drop_database(postgres.url, name)
         postgres.stop()

@@ -17,7 +17,7 @@ from creditgate.auth import service as auth
 from creditgate.db.engine import create_engine, create_sessionmaker
 from creditgate.ledger import service as ledger
 from creditgate_harness.auditor import audit_url
-from creditgate_harness.fixtures.database import migrate
+from creditgate_harness.gateway import migrate
 
 
 async def hammer(url: str, *, clients: int, seconds: float) -> tuple[int, Decimal, Decimal]:

@@ -23,8 +23,7 @@ from creditgate.auth import service as auth
 from creditgate.db.engine import create_engine, create_sessionmaker
 from creditgate.quotas.service import load_plans, set_plan
 from creditgate_harness.catalog import catalog_for_tests
-from creditgate_harness.fixtures.database import migrate
-from creditgate_harness.fixtures.live_server import start_gateway
+from creditgate_harness.gateway import migrate, start_gateway
 from creditgate_harness.services import ServiceUnavailable
 from creditgate_harness.services.base import run_sync
 

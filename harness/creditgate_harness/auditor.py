@@ -8,8 +8,9 @@ Checks, per account and per hold:
 - no hold is still open past its expiry (plus ``grace``);
 - no idempotency key was applied twice.
 
-Use it from tests (the ``ledger_auditor`` fixture runs it after every test that used a database),
-or on a live database after a load run: ``python -m harness.auditor postgresql://...``.
+Use it from tests (with ``creditgate_fixtures = true`` it runs after every test that used ``database_url``),
+or on a live database after a load run: ``python -m creditgate_harness.auditor postgresql+asyncpg://...``
+(exit 0: clean; 1: a violation; 2: cannot audit — unreachable, or not a creditgate database).
 """
 
 from __future__ import annotations
@@ -150,12 +151,38 @@ async def audit(engine: AsyncEngine, *, grace: timedelta = timedelta(0)) -> Audi
     return report
 
 
+class CannotAudit(Exception):
+    """The database cannot be audited: unreachable, or it does not hold creditgate's schema."""
+
+
+REQUIRED_TABLES = ("accounts", "ledger_entries", "holds")
+
+
+async def _require_schema(engine: AsyncEngine) -> None:
+    from sqlalchemy import inspect
+
+    try:
+        async with engine.connect() as conn:
+            tables = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+    except Exception as exc:  # the driver's own errors vary: refused, unknown database, bad URL, …
+        raise CannotAudit(
+            f"cannot connect: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
+    missing = [t for t in REQUIRED_TABLES if t not in tables]
+    if missing:
+        raise CannotAudit(f"not a creditgate database (no {', '.join(missing)} table); run `creditgate migrate` first?")
+
+
 def audit_url(url: str, *, grace: timedelta = timedelta(0)) -> AuditReport:
     """Synchronous ``audit`` for a database URL (callable from sync code and from inside an event loop)."""
 
     async def _main() -> AuditReport:
-        engine = create_engine(url, pool_size=1)
         try:
+            engine = create_engine(url, pool_size=1)
+        except Exception as exc:  # unknown driver, malformed URL
+            raise CannotAudit(f"bad database URL: {exc}") from exc
+        try:
+            await _require_schema(engine)
             return await audit(engine, grace=grace)
         finally:
             await engine.dispose()
@@ -169,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("database_url", help="e.g. postgresql+asyncpg://postgres@127.0.0.1/creditgate")
     parser.add_argument("--grace-seconds", type=float, default=0.0, help="allow holds this long past expiry")
     args = parser.parse_args(argv)
-    report = audit_url(args.database_url, grace=timedelta(seconds=args.grace_seconds))
+    try:
+        report = audit_url(args.database_url, grace=timedelta(seconds=args.grace_seconds))
+    except CannotAudit as exc:
+        print(f"cannot audit {args.database_url}: {exc}", file=sys.stderr)
+        return 2
     print(report)
     return 0 if report.ok else 1
 

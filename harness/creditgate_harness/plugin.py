@@ -1,7 +1,7 @@
-"""The pytest11 entry point: options, ini keys, markers and the fixture modules.
+"""The pytest11 entry point: options, ini keys and the generic fixtures any project gets.
 
-Installed with ``pip install creditgate[harness]``; pytest loads it by itself. ``pytest --fixtures``
-lists every public fixture with its one-line docstring.
+Installed with ``pip install "creditgate[harness]"``; pytest loads it by itself. The creditgate layer
+(``cg_*`` fixtures, the ledger audit) loads only with ``creditgate_fixtures = true`` in the ini file.
 """
 
 from __future__ import annotations
@@ -17,23 +17,9 @@ from creditgate_harness.services.base import BACKENDS
 pytest_plugins = [
     "creditgate_harness.fixtures.services",
     "creditgate_harness.fixtures.database",
-    "creditgate_harness.fixtures.gateway",
-    "creditgate_harness.fixtures.factories",
-    "creditgate_harness.fixtures.live_server",
-    "creditgate_harness.fixtures.billing",
-    "creditgate_harness.fixtures.integrations",
-    "creditgate_harness.report",
+    "creditgate_harness.fixtures.asgi",
+    "creditgate_harness.fixtures.fakes",
 ]
-
-MARKERS = {
-    "critical": "money-path tests that must never be skipped in CI",
-    "contract": "API contract tests (schemathesis, SDK clients)",
-    "e2e": "end-to-end flows on real services and live servers",
-    "smoke": "read-only checks against a deployed BASE_URL",
-    "load": "load scenarios (run through nox -s load)",
-    "slow": "tests that take more than a few seconds",
-    "no_audit": "skip the ledger audit after this test (the test corrupts the ledger on purpose)",
-}
 
 DB_BACKENDS = ("sqlite", "postgres")
 
@@ -56,26 +42,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--flow-report",
         metavar="PATH",
         default=None,
-        help="write a Markdown report of the tests using the `flow` fixture (steps, pass/fail, balances)",
+        help="write a Markdown report of the tests using the `cg_flow` fixture (steps, pass/fail, balances)",
     )
     parser.addini("harness_services", "default for --harness-services", default="")
     parser.addini("harness_db", "default for --harness-db", default="sqlite")
+    parser.addini("asgi_app", 'the ASGI app async_client and live_server run: "pkg.module:app" or "pkg:factory()"')
+    parser.addini("harness_metadata", 'database_url schema: SQLAlchemy metadata, "pkg.models:Base.metadata"')
+    parser.addini("harness_alembic_ini", "database_url schema: an alembic.ini to upgrade to head")
+    parser.addini(
+        "creditgate_fixtures", "load the creditgate gateway layer (cg_* fixtures)", type="bool", default=False
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for name, doc in MARKERS.items():
-        config.addinivalue_line("markers", f"{name}: {doc}")
     db = config.getoption("harness_db") or config.getini("harness_db")
     if db not in DB_BACKENDS:
         raise pytest.UsageError(f"harness_db = {db!r}: set it to one of {', '.join(DB_BACKENDS)} in your ini file")
-    report = config.getoption("flow_report")
-    if report and not hasattr(config, "workerinput"):  # the xdist controller (or a plain run) writes it
-        config.pluginmanager.register(FlowReport(Path(report)), "harness-flow-report")
     services = config.getini("harness_services")
     if services and services not in BACKENDS:
         raise pytest.UsageError(
             f"harness_services = {services!r}: set it to one of {', '.join(BACKENDS)} in your ini file"
         )
+    if config.getini("creditgate_fixtures"):
+        config.addinivalue_line("markers", "no_audit: skip the ledger audit after this test")
+        config.pluginmanager.import_plugin("creditgate_harness.gateway")
+    report = config.getoption("flow_report")
+    if report and not hasattr(config, "workerinput"):  # the xdist controller (or a plain run) writes it
+        config.pluginmanager.register(FlowReport(Path(report)), "harness-flow-report")
 
 
 @pytest.hookimpl(wrapper=True)

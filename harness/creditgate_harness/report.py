@@ -1,11 +1,11 @@
 """A human report of end-to-end flows: flow → steps → pass/fail, balances before and after.
 
-A test asks for the ``flow`` fixture and wraps what it does in steps::
+A test asks for the ``cg_flow`` fixture and wraps what it does in steps::
 
-    async def test_top_up(flow: Flow) -> None:
-        with flow.step("buy 500 credits through Stripe checkout"):
+    async def test_top_up(cg_flow: Flow) -> None:
+        with cg_flow.step("buy 500 credits through Stripe checkout"):
             ...
-        flow.balance("alice", before="0.00", after="500.00")
+        cg_flow.balance("alice", before="0.00", after="500.00")
 
 ``pytest --flow-report=reports/e2e.md`` writes the report (Markdown) at the end of the session.
 Steps and balances travel in each test report's ``user_properties``, so the report is complete under
@@ -32,6 +32,14 @@ class Flow:
 
     node: pytest.Item
 
+    @classmethod
+    def for_item(cls, request: pytest.FixtureRequest) -> Flow:
+        """The flow of the requesting test; its docstring becomes the flow's description."""
+        assert isinstance(request.node, pytest.Item)
+        doc = (request.function.__doc__ or "").strip()
+        request.node.user_properties.append((DOC, " ".join(doc.split())))
+        return cls(request.node)
+
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
@@ -50,15 +58,6 @@ class Flow:
 
     def _record(self, kind: str, value: dict[str, Any]) -> None:
         self.node.user_properties.append((kind, value))
-
-
-@pytest.fixture
-def flow(request: pytest.FixtureRequest) -> Flow:
-    """Record this test's steps and balances for the ``--flow-report`` (see harness/report.py)."""
-    assert isinstance(request.node, pytest.Item)
-    doc = (request.function.__doc__ or "").strip()
-    request.node.user_properties.append((DOC, " ".join(doc.split())))
-    return Flow(request.node)
 
 
 @dataclass

@@ -17,8 +17,8 @@ from creditgate_harness.catalog import catalog_for_tests
 from creditgate_harness.fakes.providers import FakeProvider
 from creditgate_harness.fakes.signers import LAGO_HMAC_KEY, TELEGRAM_BOT_TOKEN
 from creditgate_harness.fakes.stripe import FakeStripe
-from creditgate_harness.fixtures.database import migrate
-from creditgate_harness.fixtures.live_server import LiveServer, ThreadedServer, start_gateway
+from creditgate_harness.gateway import migrate, start_gateway
+from creditgate_harness.servers import LiveServer, ThreadedServer
 from creditgate_harness.services.base import run_sync
 
 

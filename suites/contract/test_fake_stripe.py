@@ -8,7 +8,7 @@ import pytest
 import stripe
 
 from creditgate_harness.fakes.stripe import FakeStripe
-from creditgate_harness.fixtures.live_server import ThreadedServer
+from creditgate_harness.servers import ThreadedServer
 
 pytestmark = pytest.mark.contract
 

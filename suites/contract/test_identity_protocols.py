@@ -18,6 +18,7 @@ import jwt
 import pytest
 
 from creditgate.notifications.delivery import sign
+from creditgate_harness.fakes.modes import Fake
 from creditgate_harness.fakes.oidc import FakeOidcIssuer
 from creditgate_harness.fakes.signers import lago_webhook, telegram_init_data
 
@@ -34,16 +35,18 @@ DISCOVERY_REQUIRED = {
 }
 
 
-def test_fake_keycloak_discovery_jwks_and_token_endpoint_follow_the_specs(fake_oidc: FakeOidcIssuer) -> None:
-    discovery = httpx.get(f"{fake_oidc.issuer}/.well-known/openid-configuration").json()
+def test_fake_keycloak_discovery_jwks_and_token_endpoint_follow_the_specs(fake_oidc: Fake[FakeOidcIssuer]) -> None:
+    discovery = httpx.get(f"{fake_oidc.state.issuer}/.well-known/openid-configuration").json()
     assert discovery.keys() >= DISCOVERY_REQUIRED
-    assert discovery["issuer"] == fake_oidc.issuer  # exactly the iss tokens carry
-    assert discovery["jwks_uri"].startswith(f"{fake_oidc.base_url}/realms/{fake_oidc.realm}/protocol/openid-connect/")
-    fake_oidc.add_user("carol", password="pw")
+    assert discovery["issuer"] == fake_oidc.state.issuer  # exactly the iss tokens carry
+    assert discovery["jwks_uri"].startswith(
+        f"{fake_oidc.state.base_url}/realms/{fake_oidc.state.realm}/protocol/openid-connect/"
+    )
+    fake_oidc.state.add_user("carol", password="pw")
     form = {
         "grant_type": "password",
-        "client_id": fake_oidc.client_id,
-        "client_secret": fake_oidc.client_secret,
+        "client_id": fake_oidc.state.client_id,
+        "client_secret": fake_oidc.state.client_secret,
         "username": "carol",
         "password": "pw",
     }
@@ -52,8 +55,10 @@ def test_fake_keycloak_discovery_jwks_and_token_endpoint_follow_the_specs(fake_o
     assert {"access_token", "token_type", "expires_in"} <= token.json().keys()  # RFC 6749 section 5.1
     # PyJWT's own JWKS client (RFC 7517) finds the key and the token verifies with it.
     signing_key = jwt.PyJWKClient(discovery["jwks_uri"]).get_signing_key_from_jwt(token.json()["access_token"])
-    claims = jwt.decode(token.json()["access_token"], signing_key, algorithms=["RS256"], audience=fake_oidc.client_id)
-    assert claims["iss"] == fake_oidc.issuer
+    claims = jwt.decode(
+        token.json()["access_token"], signing_key, algorithms=["RS256"], audience=fake_oidc.state.client_id
+    )
+    assert claims["iss"] == fake_oidc.state.issuer
     assert claims["realm_access"] == {"roles": []}  # Keycloak's shape for realm roles
     # RFC 6749 section 5.2 error codes.
     assert httpx.post(discovery["token_endpoint"], data={**form, "password": "x"}).json()["error"] == "invalid_grant"

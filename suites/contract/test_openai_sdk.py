@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.fixtures.factories import TestUser, UserFactory
+from creditgate_harness.gateway import TestUser, UserFactory
 
 pytestmark = pytest.mark.contract
 
@@ -17,10 +17,10 @@ def sdk(client: httpx.AsyncClient, key: str) -> openai.AsyncOpenAI:
 
 
 async def test_sdk_parses_a_completion(
-    async_client: httpx.AsyncClient, funded_user: TestUser, fake_provider: FakeProvider
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_upstream: FakeProvider
 ) -> None:
-    fake_provider.push(Reply(content="parsed", prompt_tokens=3, completion_tokens=2))
-    completion = await sdk(async_client, funded_user.key).chat.completions.create(
+    cg_upstream.push(Reply(content="parsed", prompt_tokens=3, completion_tokens=2))
+    completion = await sdk(async_client, cg_funded_user.key).chat.completions.create(
         model="test-model", messages=[{"role": "user", "content": "hi"}], max_tokens=20
     )
     assert completion.choices[0].message.content == "parsed"
@@ -30,9 +30,9 @@ async def test_sdk_parses_a_completion(
 
 
 async def test_sdk_raises_typed_errors(
-    async_client: httpx.AsyncClient, user_factory: UserFactory, fake_provider: FakeProvider
+    async_client: httpx.AsyncClient, cg_user_factory: UserFactory, cg_upstream: FakeProvider
 ) -> None:
-    poor = await user_factory(credits="0.05")
+    poor = await cg_user_factory(credits="0.05")
     messages = [{"role": "user", "content": "hi"}]
     with pytest.raises(openai.AuthenticationError):
         await sdk(async_client, "cg_nope").chat.completions.create(model="test-model", messages=messages)
@@ -41,17 +41,17 @@ async def test_sdk_raises_typed_errors(
     with pytest.raises(openai.APIStatusError) as info:
         await sdk(async_client, poor.key).chat.completions.create(model="test-model", messages=messages)
     assert info.value.status_code == 402
-    rich = await user_factory(credits=100)
-    fake_provider.push(Fault.status_code(503))
+    rich = await cg_user_factory(credits=100)
+    cg_upstream.push(Fault.status_code(503))
     with pytest.raises(openai.APIStatusError) as info:
         await sdk(async_client, rich.key).chat.completions.create(model="test-model", messages=messages)
     assert info.value.status_code == 502
     assert (await async_client.get("/user/balance", headers=rich.headers)).json()["balance"] == "100.00"
 
 
-async def test_fake_provider_speaks_openai_too(fake_provider: FakeProvider) -> None:
+async def test_fake_provider_speaks_openai_too(cg_upstream: FakeProvider) -> None:
     """The fake stays faithful: the SDK parses its JSON and its stream with the usage chunk."""
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=fake_provider.app), base_url="http://fake")
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=cg_upstream.app), base_url="http://fake")
     api = openai.AsyncOpenAI(base_url="http://fake/v1", api_key="k", http_client=client, max_retries=0)
     done = await api.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     assert done.choices[0].message.content == "Hello from the fake provider."

@@ -14,18 +14,17 @@ import pytest
 from creditgate.catalog import pricing
 from creditgate_harness.catalog import catalog_for_tests
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.fixtures.factories import UserFactory
-from creditgate_harness.fixtures.live_server import LiveServerFactory
+from creditgate_harness.gateway import GatewayFactory, UserFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
 CHAT = "/v1/chat/completions"
 
 
 async def test_simultaneous_requests_spend_the_balance_exactly(
-    live_server_factory: LiveServerFactory, user_factory: UserFactory, fake_provider: FakeProvider
+    cg_live_server_factory: GatewayFactory, cg_user_factory: UserFactory, cg_upstream: FakeProvider
 ) -> None:
     """Ten simultaneous requests, each holding (and using) a tenth of the balance, over two workers."""
-    server = live_server_factory(workers=2)
+    server = cg_live_server_factory(workers=2)
     prompt = pricing.estimate_prompt_tokens(["hello"])
     each = pricing.credits_for(
         catalog_for_tests().model("test-model"),
@@ -35,8 +34,8 @@ async def test_simultaneous_requests_spend_the_balance_exactly(
         credit_value_usd=Decimal("0.01"),
         increment=Decimal("0.1"),
     )
-    user = await user_factory(credits=each * 10)
-    fake_provider.default = Reply(prompt_tokens=prompt, completion_tokens=1000)
+    user = await cg_user_factory(credits=each * 10)
+    cg_upstream.default = Reply(prompt_tokens=prompt, completion_tokens=1000)
     body = {"model": "test-model", "max_tokens": 1000, "messages": [{"role": "user", "content": "hello"}]}
     async with httpx.AsyncClient(base_url=server.url, headers=user.headers, timeout=30) as client:
         responses = await asyncio.gather(*(client.post(CHAT, json=body) for _ in range(10)))
@@ -50,12 +49,12 @@ async def test_simultaneous_requests_spend_the_balance_exactly(
         assert summary["net_balance"] == "0.00"
 
 
-def test_smoke_suite_passes_against_a_live_server(live_server_factory: LiveServerFactory, api_key: str) -> None:
+def test_smoke_suite_passes_against_a_live_server(cg_live_server_factory: GatewayFactory, cg_api_key: str) -> None:
     """The deploy pipeline's smoke suite, run as a pipeline would, so it never rots."""
-    server = live_server_factory()
+    server = cg_live_server_factory()
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "suites/smoke", "-q", "-p", "no:cacheprovider", "--base-url", server.url],
-        env={**os.environ, "SMOKE_API_KEY": api_key},
+        env={**os.environ, "SMOKE_API_KEY": cg_api_key},
         capture_output=True,
         text=True,
         timeout=120,

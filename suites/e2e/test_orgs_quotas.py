@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.fixtures.factories import TestUser, UserFactory
-from creditgate_harness.fixtures.live_server import LiveServer, LiveServerFactory
+from creditgate_harness.gateway import GatewayFactory, TestUser, UserFactory
+from creditgate_harness.servers import LiveServer
 from creditgate_harness.services import Service
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
@@ -17,26 +17,26 @@ BODY = {"model": "test-model", "max_tokens": 100, "messages": [{"role": "user", 
 
 @pytest.fixture
 def two_workers(
-    live_server_factory: LiveServerFactory, redis_service: Service, quota_redis: object
+    cg_live_server_factory: GatewayFactory, redis_service: Service, quota_redis: object
 ) -> list[LiveServer]:
     """Two separate gateway processes (two ports) sharing one Postgres and one Redis (quota counters emptied)."""
     env = {"CREDITGATE_REDIS_URL": redis_service.url, "CREDITGATE_DEFAULT_PLAN": "trial"}
-    return [live_server_factory(env=env), live_server_factory(env=env)]
+    return [cg_live_server_factory(env=env), cg_live_server_factory(env=env)]
 
 
 async def test_org_flow_quota_and_increment_across_workers(
-    two_workers: list[LiveServer], user_factory: UserFactory, admin_user: TestUser, fake_provider: FakeProvider
+    two_workers: list[LiveServer], cg_user_factory: UserFactory, cg_admin_user: TestUser, cg_upstream: FakeProvider
 ) -> None:
     a, b = (httpx.AsyncClient(base_url=s.url, timeout=30) for s in two_workers)
-    owner, member, loner = await user_factory(), await user_factory(), await user_factory(credits=1000)
+    owner, member, loner = await cg_user_factory(), await cg_user_factory(), await cg_user_factory(credits=1000)
     # Org: bought by admin grant, allocation, a member's request debits the org and is attributed.
     org = (await a.post("/orgs", json={"name": "Acme"}, headers=owner.headers)).json()
     grant = {"org_id": org["id"], "amount": "10000", "idempotency_key": "acme-1"}
-    assert (await b.post("/admin/credits", json=grant, headers=admin_user.headers)).status_code == 200
+    assert (await b.post("/admin/credits", json=grant, headers=cg_admin_user.headers)).status_code == 200
     await a.post(
         f"/orgs/{org['id']}/members", json={"email": member.email, "allocation": "2500"}, headers=owner.headers
     )
-    fake_provider.push(Reply(prompt_tokens=1000, completion_tokens=5750))
+    cg_upstream.push(Reply(prompt_tokens=1000, completion_tokens=5750))
     body = {**BODY, "model": "gpt-4o", "max_tokens": 6000, "messages": [{"role": "user", "content": "w " * 2000}]}
     assert (await b.post(CHAT, json=body, headers=member.headers)).headers["X-Creditgate-Credits-Charged"] == "9.00"
     view = (await a.get(f"/orgs/{org['id']}", headers=owner.headers)).json()
@@ -49,13 +49,13 @@ async def test_org_flow_quota_and_increment_across_workers(
     assert (await a.post(CHAT, json=BODY, headers=loner.headers)).status_code == 200
 
     # The increment: changed through one worker, used by the other on its next request.
-    await a.put("/admin/settings/credit-increment", json={"increment": "1.0"}, headers=admin_user.headers)
+    await a.put("/admin/settings/credit-increment", json={"increment": "1.0"}, headers=cg_admin_user.headers)
     charged = (await b.post(CHAT, json=BODY, headers=loner.headers)).headers["X-Creditgate-Credits-Charged"]
     assert charged == "1.00"
 
     # The quota: one shared Redis counter, so two workers together allow exactly the plan's calls.
     sub = {"email": loner.email, "plan": "trial"}
-    assert (await a.put("/admin/subscriptions", json=sub, headers=admin_user.headers)).status_code == 200
+    assert (await a.put("/admin/subscriptions", json=sub, headers=cg_admin_user.headers)).status_code == 200
     used = 2
     statuses = []
     for i in range(700 - used + 2):

@@ -12,15 +12,15 @@ import pytest
 from creditgate.catalog.service import Catalog, ModelRoute, ProviderConfig
 from creditgate_harness.catalog import catalog_for_tests
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.fixtures.factories import UserFactory
-from creditgate_harness.fixtures.live_server import LiveServerFactory, ThreadedServer, start_gateway
+from creditgate_harness.gateway import GatewayFactory, UserFactory, start_gateway
+from creditgate_harness.servers import ThreadedServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
 BODY = {"model": "test-model", "max_tokens": 2000, "messages": [{"role": "user", "content": "hi"}]}
 
 
 async def test_failover_between_real_provider_servers(
-    database_url: str, user_factory: UserFactory, tmp_path: Path
+    database_url: str, cg_user_factory: UserFactory, tmp_path: Path
 ) -> None:
     primary, backup = FakeProvider(default=Fault.status_code(503)), FakeProvider()
     servers = [ThreadedServer(primary.app).start(), ThreadedServer(backup.app).start()]
@@ -42,7 +42,7 @@ async def test_failover_between_real_provider_servers(
         },
         log_path=tmp_path / "gateway.log",
     )
-    user = await user_factory(credits=100)
+    user = await cg_user_factory(credits=100)
     try:
         async with httpx.AsyncClient(base_url=gateway.url, headers=user.headers, timeout=30) as client:
             for _ in range(3):
@@ -63,11 +63,11 @@ async def test_failover_between_real_provider_servers(
 
 
 async def test_client_disconnect_mid_stream_settles_what_was_delivered(
-    live_server_factory: LiveServerFactory, user_factory: UserFactory, fake_provider: FakeProvider
+    cg_live_server_factory: GatewayFactory, cg_user_factory: UserFactory, cg_upstream: FakeProvider
 ) -> None:
-    server = live_server_factory()
-    user = await user_factory(credits=100)
-    fake_provider.default = Reply(content=" ".join(f"w{i}" for i in range(200)), chunk_delay=0.05)
+    server = cg_live_server_factory()
+    user = await cg_user_factory(credits=100)
+    cg_upstream.default = Reply(content=" ".join(f"w{i}" for i in range(200)), chunk_delay=0.05)
     async with httpx.AsyncClient(base_url=server.url, headers=user.headers, timeout=30) as client:
         async with client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True}) as response:
             assert response.status_code == 200

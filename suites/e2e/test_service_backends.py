@@ -14,10 +14,10 @@ from creditgate.settings import Settings
 from creditgate_harness.auditor import audit_url
 from creditgate_harness.catalog import catalog_for_tests
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.fixtures.database import _admin, asyncpg_url, migrate
 from creditgate_harness.fixtures.services import in_ci
+from creditgate_harness.gateway import migrate
 from creditgate_harness.services import ServiceUnavailable, start_postgres
-from creditgate_harness.services.base import run_sync
+from creditgate_harness.services.postgres import create_database, drop_database
 
 pytestmark = pytest.mark.e2e
 
@@ -32,15 +32,14 @@ def backend_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
             pytest.fail(str(exc))
         pytest.skip(str(exc))
     name = f"cg_backend_{uuid.uuid4().hex[:8]}"
-    run_sync(_admin(service.url, f'CREATE DATABASE "{name}"'))
-    url = asyncpg_url(service.url, name)
+    url = create_database(service.url, name)
     migrate(url)
     try:
         yield url
         report = audit_url(url)
         assert report.ok, str(report)
     finally:
-        run_sync(_admin(service.url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        drop_database(service.url, name)
         service.stop()
 
 

@@ -71,7 +71,7 @@ def _usd(cents: int) -> str:
     return f"{Decimal(cents) / 100:.2f}"
 
 
-@router.post("/checkout", response_model=CheckoutSession, responses=ERROR_RESPONSES(401, 422, 502, 503))
+@router.post("/checkout", response_model=CheckoutSession, responses=ERROR_RESPONSES(401, 403, 404, 422, 502, 503))
 async def checkout(body: CheckoutRequest, principal: PrincipalDep, rt: RuntimeDep) -> CheckoutSession:
     """Start a Stripe Checkout for a top-up; credits arrive when Stripe confirms the payment."""
     rt_settings = rt.settings

@@ -145,3 +145,31 @@ def _local() -> Service:
 def start_postgres(backend: str = "auto") -> Service:
     """A running Postgres from the first backend that works (or exactly ``backend``)."""
     return try_backends("postgres", backend, {"external": _external, "docker": _docker, "local": _local})
+
+
+def database_url(server_url: str, database: str) -> str:
+    """The async SQLAlchemy URL (asyncpg) of ``database`` on the server at ``server_url``."""
+    base = plain_url(server_url).rsplit("/", 1)[0]
+    return f"{base.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{database}"
+
+
+async def _admin(server_url: str, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(plain_url(server_url))
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def create_database(server_url: str, name: str, *, template: str | None = None) -> str:
+    """``CREATE DATABASE name [TEMPLATE template]``; returns its async SQLAlchemy URL."""
+    suffix = f' TEMPLATE "{template}"' if template else ""
+    run_sync(_admin(server_url, f'CREATE DATABASE "{name}"{suffix}'))
+    return database_url(server_url, name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """``DROP DATABASE IF EXISTS name WITH (FORCE)``."""
+    run_sync(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -7,30 +7,30 @@ import asyncio
 import httpx
 import pytest
 
-from creditgate_harness.fixtures.factories import TestUser
+from creditgate_harness.gateway import TestUser
 
 
-async def test_non_admin_gets_403(async_client: httpx.AsyncClient, funded_user: TestUser) -> None:
-    grant = {"email": funded_user.email, "amount": "5", "idempotency_key": "k"}
-    response = await async_client.post("/admin/credits", json=grant, headers=funded_user.headers)
+async def test_non_admin_gets_403(async_client: httpx.AsyncClient, cg_funded_user: TestUser) -> None:
+    grant = {"email": cg_funded_user.email, "amount": "5", "idempotency_key": "k"}
+    response = await async_client.post("/admin/credits", json=grant, headers=cg_funded_user.headers)
     assert response.status_code == 403
     assert response.json()["error"]["type"] == "permission_denied"
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 async def test_grant_is_idempotent_even_when_raced(
-    async_client: httpx.AsyncClient, admin_user: TestUser, funded_user: TestUser
+    async_client: httpx.AsyncClient, cg_admin_user: TestUser, cg_funded_user: TestUser
 ) -> None:
-    grant = {"email": funded_user.email, "amount": "12.34", "idempotency_key": "promo-1", "description": "promo"}
+    grant = {"email": cg_funded_user.email, "amount": "12.34", "idempotency_key": "promo-1", "description": "promo"}
     responses = await asyncio.gather(
-        *(async_client.post("/admin/credits", json=grant, headers=admin_user.headers) for _ in range(8))
+        *(async_client.post("/admin/credits", json=grant, headers=cg_admin_user.headers) for _ in range(8))
     )
     assert {r.status_code for r in responses} == {200}
     assert sorted(r.json()["replayed"] for r in responses) == [False] + [True] * 7
     assert len({r.json()["entry_id"] for r in responses}) == 1
-    balance = (await async_client.get("/user/balance", headers=funded_user.headers)).json()["balance"]
+    balance = (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"]
     assert balance == "1012.34"
-    conflict = await async_client.post("/admin/credits", json={**grant, "amount": "99"}, headers=admin_user.headers)
+    conflict = await async_client.post("/admin/credits", json={**grant, "amount": "99"}, headers=cg_admin_user.headers)
     assert conflict.status_code == 409
 
 
@@ -46,10 +46,14 @@ async def test_grant_is_idempotent_even_when_raced(
     ],
 )
 async def test_bad_grants(
-    async_client: httpx.AsyncClient, admin_user: TestUser, funded_user: TestUser, grant: dict[str, str], status: int
+    async_client: httpx.AsyncClient,
+    cg_admin_user: TestUser,
+    cg_funded_user: TestUser,
+    grant: dict[str, str],
+    status: int,
 ) -> None:
-    body = {"email": funded_user.email, "amount": "1", "idempotency_key": "x", **grant}
-    response = await async_client.post("/admin/credits", json=body, headers=admin_user.headers)
+    body = {"email": cg_funded_user.email, "amount": "1", "idempotency_key": "x", **grant}
+    response = await async_client.post("/admin/credits", json=body, headers=cg_admin_user.headers)
     assert response.status_code == status, response.text
-    balance = (await async_client.get("/user/balance", headers=funded_user.headers)).json()["balance"]
+    balance = (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"]
     assert balance == "1000.00"

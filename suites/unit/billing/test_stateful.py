@@ -27,8 +27,8 @@ from creditgate.settings import Settings
 from creditgate_harness.auditor import audit
 from creditgate_harness.catalog import catalog_for_tests
 from creditgate_harness.fakes.stripe import FakeStripe, StripeWebhooks
-from creditgate_harness.fixtures.database import migrate
-from creditgate_harness.fixtures.live_server import ThreadedServer
+from creditgate_harness.gateway import migrate
+from creditgate_harness.servers import ThreadedServer
 
 pytestmark = pytest.mark.critical
 SEQUENCES: list[int] = []

@@ -10,8 +10,8 @@ import pytest
 import stripe
 
 from creditgate_harness.fakes.stripe import StripeWebhooks, sign_payload
-from creditgate_harness.fixtures.billing import FakeStripeServer
-from creditgate_harness.fixtures.factories import TestUser, UserFactory
+from creditgate_harness.fixtures.fakes import StripeFake
+from creditgate_harness.gateway import TestUser, UserFactory
 
 pytestmark = pytest.mark.critical
 
@@ -20,13 +20,13 @@ async def balance(client: httpx.AsyncClient, user: TestUser) -> str:
     return str((await client.get("/user/balance", headers=user.headers)).json()["balance"])
 
 
-async def paid_checkout(client: httpx.AsyncClient, user: TestUser, fake: FakeStripeServer, usd: str) -> str:
+async def paid_checkout(client: httpx.AsyncClient, user: TestUser, fake: StripeFake, usd: str) -> str:
     checkout = (await client.post("/billing/checkout", json={"amount_usd": usd}, headers=user.headers)).json()
     fake.complete(checkout["id"])
     return str(checkout["id"])
 
 
-def payment_intent_of(fake: FakeStripeServer, session_id: str) -> str:
+def payment_intent_of(fake: StripeFake, session_id: str) -> str:
     return str(fake.state.get(session_id)["payment_intent"])
 
 
@@ -36,13 +36,13 @@ def payment_intent_of(fake: FakeStripeServer, session_id: str) -> str:
 )
 async def test_bad_signatures_are_400_and_apply_nothing(
     async_client: httpx.AsyncClient,
-    funded_user: TestUser,
-    fake_stripe: FakeStripeServer,
-    stripe_webhooks: StripeWebhooks,
+    cg_funded_user: TestUser,
+    fake_stripe: StripeFake,
+    cg_stripe_webhooks: StripeWebhooks,
     case: str,
 ) -> None:
-    await paid_checkout(async_client, funded_user, fake_stripe, "10")
-    event = stripe_webhooks.pending()[0]
+    await paid_checkout(async_client, cg_funded_user, fake_stripe, "10")
+    event = cg_stripe_webhooks.pending()[0]
     now = int(time.time())
     if case == "not-json":
         payload = b"not json"
@@ -57,25 +57,25 @@ async def test_bad_signatures_are_400_and_apply_nothing(
             "too-old": {"timestamp": now - 301},
             "future": {"timestamp": now + 3600},
         }[case]  # type: ignore[assignment]
-        response = await stripe_webhooks.send(event, **kwargs)  # type: ignore[arg-type]
+        response = await cg_stripe_webhooks.send(event, **kwargs)  # type: ignore[arg-type]
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_signature"
-    assert await balance(async_client, funded_user) == "1000.00"
+    assert await balance(async_client, cg_funded_user) == "1000.00"
 
 
 async def test_tolerance_edge_and_rotated_secrets_are_accepted(
     async_client: httpx.AsyncClient,
-    funded_user: TestUser,
-    fake_stripe: FakeStripeServer,
-    stripe_webhooks: StripeWebhooks,
+    cg_funded_user: TestUser,
+    fake_stripe: StripeFake,
+    cg_stripe_webhooks: StripeWebhooks,
 ) -> None:
-    await paid_checkout(async_client, funded_user, fake_stripe, "10")
-    event = stripe_webhooks.pending()[0]
-    ok = await stripe_webhooks.send(
+    await paid_checkout(async_client, cg_funded_user, fake_stripe, "10")
+    event = cg_stripe_webhooks.pending()[0]
+    ok = await cg_stripe_webhooks.send(
         event, timestamp=int(time.time()) - 290, secrets=["whsec_old", fake_stripe.webhook_secret]
     )
     assert ok.status_code == 200
-    assert await balance(async_client, funded_user) == "2000.00"
+    assert await balance(async_client, cg_funded_user) == "2000.00"
 
 
 def test_our_signer_matches_the_sdk_verifier() -> None:
@@ -94,33 +94,33 @@ def test_our_signer_matches_the_sdk_verifier() -> None:
 
 async def test_shuffled_triplicate_delivery_credits_each_payment_once(
     async_client: httpx.AsyncClient,
-    user_factory: UserFactory,
-    fake_stripe: FakeStripeServer,
-    stripe_webhooks: StripeWebhooks,
+    cg_user_factory: UserFactory,
+    fake_stripe: StripeFake,
+    cg_stripe_webhooks: StripeWebhooks,
 ) -> None:
-    users = [await user_factory() for _ in range(3)]
+    users = [await cg_user_factory() for _ in range(3)]
     for user, usd in zip(users, ("1", "2.50", "7"), strict=True):
         await paid_checkout(async_client, user, fake_stripe, usd)
-    responses = await stripe_webhooks.deliver_pending(times=3, shuffle=True, seed=7)
+    responses = await cg_stripe_webhooks.deliver_pending(times=3, shuffle=True, seed=7)
     assert {r.status_code for r in responses} == {200}
     assert [await balance(async_client, u) for u in users] == ["100.00", "250.00", "700.00"]
 
 
 async def test_full_refund_takes_the_credits_back(
     async_client: httpx.AsyncClient,
-    funded_user: TestUser,
-    fake_stripe: FakeStripeServer,
-    stripe_webhooks: StripeWebhooks,
+    cg_funded_user: TestUser,
+    fake_stripe: StripeFake,
+    cg_stripe_webhooks: StripeWebhooks,
 ) -> None:
-    session_id = await paid_checkout(async_client, funded_user, fake_stripe, "10")
+    session_id = await paid_checkout(async_client, cg_funded_user, fake_stripe, "10")
     fake_stripe.state.create_refund({"payment_intent": payment_intent_of(fake_stripe, session_id)})
-    outcomes = [r.json()["outcome"] for r in await stripe_webhooks.deliver_pending(times=2)]
+    outcomes = [r.json()["outcome"] for r in await cg_stripe_webhooks.deliver_pending(times=2)]
     assert outcomes == ["credited", "duplicate", "reversed", "duplicate"]
-    assert await balance(async_client, funded_user) == "1000.00"
-    payment = (await async_client.get("/billing/payments", headers=funded_user.headers)).json()["data"][0]
+    assert await balance(async_client, cg_funded_user) == "1000.00"
+    payment = (await async_client.get("/billing/payments", headers=cg_funded_user.headers)).json()["data"][0]
     assert (payment["status"], payment["refunded_usd"], payment["reversed_credits"]) == ("refunded", "10.00", "1000.00")
     # One notification each for the payment and the refund, despite the duplicate deliveries.
-    listed = (await async_client.get("/user/notifications", headers=funded_user.headers)).json()["data"]
+    listed = (await async_client.get("/user/notifications", headers=cg_funded_user.headers)).json()["data"]
     assert sorted((n["type"], n["data"]["credits"]) for n in listed) == [
         ("payment_received", "1000.00"),
         ("refund", "1000.00"),
@@ -129,50 +129,50 @@ async def test_full_refund_takes_the_credits_back(
 
 async def test_partial_refunds_in_any_order_converge(
     async_client: httpx.AsyncClient,
-    funded_user: TestUser,
-    fake_stripe: FakeStripeServer,
-    stripe_webhooks: StripeWebhooks,
+    cg_funded_user: TestUser,
+    fake_stripe: StripeFake,
+    cg_stripe_webhooks: StripeWebhooks,
 ) -> None:
-    session_id = await paid_checkout(async_client, funded_user, fake_stripe, "10")
+    session_id = await paid_checkout(async_client, cg_funded_user, fake_stripe, "10")
     intent = payment_intent_of(fake_stripe, session_id)
     fake_stripe.state.create_refund({"payment_intent": intent, "amount": "300"})
     fake_stripe.state.create_refund({"payment_intent": intent, "amount": "200"})
-    completed, first, second = stripe_webhooks.pending()
+    completed, first, second = cg_stripe_webhooks.pending()
     for event in (completed, second, first, second):
-        assert (await stripe_webhooks.send(event)).status_code == 200
-    assert await balance(async_client, funded_user) == "1500.00"  # 1000 + 1000 − 500
+        assert (await cg_stripe_webhooks.send(event)).status_code == 200
+    assert await balance(async_client, cg_funded_user) == "1500.00"  # 1000 + 1000 − 500
 
 
 async def test_refund_before_completion_is_applied_when_the_credits_land(
     async_client: httpx.AsyncClient,
-    funded_user: TestUser,
-    fake_stripe: FakeStripeServer,
-    stripe_webhooks: StripeWebhooks,
+    cg_funded_user: TestUser,
+    fake_stripe: StripeFake,
+    cg_stripe_webhooks: StripeWebhooks,
 ) -> None:
-    session_id = await paid_checkout(async_client, funded_user, fake_stripe, "10")
+    session_id = await paid_checkout(async_client, cg_funded_user, fake_stripe, "10")
     fake_stripe.state.create_refund({"payment_intent": payment_intent_of(fake_stripe, session_id)})
-    completed, refunded = stripe_webhooks.pending()
-    assert (await stripe_webhooks.send(refunded)).json()["outcome"] == "recorded; applied when the payment completes"
-    assert await balance(async_client, funded_user) == "1000.00"
-    assert (await stripe_webhooks.send(completed)).json()["outcome"] == "credited"
-    assert (await stripe_webhooks.send(completed)).json()["outcome"] == "duplicate"
-    assert await balance(async_client, funded_user) == "1000.00"
+    completed, refunded = cg_stripe_webhooks.pending()
+    assert (await cg_stripe_webhooks.send(refunded)).json()["outcome"] == "recorded; applied when the payment completes"
+    assert await balance(async_client, cg_funded_user) == "1000.00"
+    assert (await cg_stripe_webhooks.send(completed)).json()["outcome"] == "credited"
+    assert (await cg_stripe_webhooks.send(completed)).json()["outcome"] == "duplicate"
+    assert await balance(async_client, cg_funded_user) == "1000.00"
 
 
 async def test_refund_after_spend_collects_what_it_can_and_the_ledger_balances(
     async_client: httpx.AsyncClient,
-    user_factory: UserFactory,
-    fake_stripe: FakeStripeServer,
-    stripe_webhooks: StripeWebhooks,
+    cg_user_factory: UserFactory,
+    fake_stripe: StripeFake,
+    cg_stripe_webhooks: StripeWebhooks,
 ) -> None:
-    user = await user_factory()
+    user = await cg_user_factory()
     session_id = await paid_checkout(async_client, user, fake_stripe, "10")
-    await stripe_webhooks.deliver_pending()
+    await cg_stripe_webhooks.deliver_pending()
     body = {"model": "test-model", "max_tokens": 100_000, "messages": [{"role": "user", "content": "spend"}]}
     assert (await async_client.post("/v1/chat/completions", json=body, headers=user.headers)).status_code == 200
     left = await balance(async_client, user)
     fake_stripe.state.create_refund({"payment_intent": payment_intent_of(fake_stripe, session_id)})
-    outcome = (await stripe_webhooks.deliver_pending())[0].json()["outcome"]
+    outcome = (await cg_stripe_webhooks.deliver_pending())[0].json()["outcome"]
     assert left != "1000.00"
     assert outcome == "partially reversed (credits already spent)"
     assert await balance(async_client, user) == "0.00"
@@ -182,76 +182,76 @@ async def test_refund_after_spend_collects_what_it_can_and_the_ledger_balances(
 
 async def test_dispute_before_completion_is_applied_when_the_credits_land(
     async_client: httpx.AsyncClient,
-    funded_user: TestUser,
-    fake_stripe: FakeStripeServer,
-    stripe_webhooks: StripeWebhooks,
+    cg_funded_user: TestUser,
+    fake_stripe: StripeFake,
+    cg_stripe_webhooks: StripeWebhooks,
 ) -> None:
     """Found by the billing state machine: a dispute carries no metadata, so it must wait for its payment."""
-    session_id = await paid_checkout(async_client, funded_user, fake_stripe, "1")
+    session_id = await paid_checkout(async_client, cg_funded_user, fake_stripe, "1")
     charge = fake_stripe.state.get(payment_intent_of(fake_stripe, session_id))["latest_charge"]
     fake_stripe.state.create_dispute({"charge": charge})
-    completed, disputed = stripe_webhooks.pending()
-    assert (await stripe_webhooks.send(disputed)).json()["outcome"] == "recorded; applied when the payment completes"
-    assert (await stripe_webhooks.send(completed)).json()["outcome"] == "credited"
-    assert await balance(async_client, funded_user) == "1000.00"
+    completed, disputed = cg_stripe_webhooks.pending()
+    assert (await cg_stripe_webhooks.send(disputed)).json()["outcome"] == "recorded; applied when the payment completes"
+    assert (await cg_stripe_webhooks.send(completed)).json()["outcome"] == "credited"
+    assert await balance(async_client, cg_funded_user) == "1000.00"
 
 
 async def test_dispute_reverses_the_disputed_amount(
     async_client: httpx.AsyncClient,
-    funded_user: TestUser,
-    fake_stripe: FakeStripeServer,
-    stripe_webhooks: StripeWebhooks,
+    cg_funded_user: TestUser,
+    fake_stripe: StripeFake,
+    cg_stripe_webhooks: StripeWebhooks,
 ) -> None:
-    session_id = await paid_checkout(async_client, funded_user, fake_stripe, "20")
+    session_id = await paid_checkout(async_client, cg_funded_user, fake_stripe, "20")
     charge = fake_stripe.state.get(payment_intent_of(fake_stripe, session_id))["latest_charge"]
     fake_stripe.state.create_dispute({"charge": charge, "amount": "500"})
-    outcomes = [r.json()["outcome"] for r in await stripe_webhooks.deliver_pending()]
+    outcomes = [r.json()["outcome"] for r in await cg_stripe_webhooks.deliver_pending()]
     assert outcomes == ["credited", "reversed"]
-    assert await balance(async_client, funded_user) == "2500.00"  # 1000 + 2000 − 500
-    payment = (await async_client.get("/billing/payments", headers=funded_user.headers)).json()["data"][0]
+    assert await balance(async_client, cg_funded_user) == "2500.00"  # 1000 + 2000 − 500
+    payment = (await async_client.get("/billing/payments", headers=cg_funded_user.headers)).json()["data"][0]
     assert payment["status"] == "disputed"
 
 
 async def test_unknown_and_foreign_events_are_ignored(
     async_client: httpx.AsyncClient,
-    funded_user: TestUser,
-    fake_stripe: FakeStripeServer,
-    stripe_webhooks: StripeWebhooks,
+    cg_funded_user: TestUser,
+    fake_stripe: StripeFake,
+    cg_stripe_webhooks: StripeWebhooks,
 ) -> None:
     unknown = {"id": "evt_u", "object": "event", "type": "customer.created", "data": {"object": {}}}
-    assert (await stripe_webhooks.send(unknown)).json()["outcome"] == "ignored"
+    assert (await cg_stripe_webhooks.send(unknown)).json()["outcome"] == "ignored"
     foreign = {
         "id": "evt_f",
         "object": "event",
         "type": "checkout.session.completed",
         "data": {"object": {"id": "cs_foreign", "payment_status": "paid", "metadata": {}}},
     }
-    assert (await stripe_webhooks.send(foreign)).json()["outcome"] == "unknown session"
+    assert (await cg_stripe_webhooks.send(foreign)).json()["outcome"] == "unknown session"
     unpaid = {
         "id": "evt_p",
         "object": "event",
         "type": "checkout.session.completed",
         "data": {"object": {"id": "cs_x", "payment_status": "unpaid"}},
     }
-    assert (await stripe_webhooks.send(unpaid)).json()["outcome"] == "not paid yet"
+    assert (await cg_stripe_webhooks.send(unpaid)).json()["outcome"] == "not paid yet"
     refund = {
         "id": "evt_r",
         "object": "event",
         "type": "charge.refunded",
         "data": {"object": {"id": "ch_x", "amount_refunded": 100}},
     }
-    assert (await stripe_webhooks.send(refund)).json()["outcome"] == "unknown charge"
-    assert await balance(async_client, funded_user) == "1000.00"
+    assert (await cg_stripe_webhooks.send(refund)).json()["outcome"] == "unknown charge"
+    assert await balance(async_client, cg_funded_user) == "1000.00"
 
 
 async def test_stripe_subscription_events_set_the_plan(
     async_client: httpx.AsyncClient,
-    funded_user: TestUser,
-    admin_user: TestUser,
-    fake_stripe: FakeStripeServer,
-    stripe_webhooks: StripeWebhooks,
+    cg_funded_user: TestUser,
+    cg_admin_user: TestUser,
+    fake_stripe: StripeFake,
+    cg_stripe_webhooks: StripeWebhooks,
 ) -> None:
-    await async_client.post("/billing/portal", headers=funded_user.headers)  # creates the Stripe customer
+    await async_client.post("/billing/portal", headers=cg_funded_user.headers)  # creates the Stripe customer
     customer = next(o["id"] for o in fake_stripe.state.objects.values() if o["object"] == "customer")
     sub = {
         "id": "sub_1",
@@ -261,20 +261,20 @@ async def test_stripe_subscription_events_set_the_plan(
         "items": {"data": [{"price": {"lookup_key": "professional"}}]},
     }
     created = {"id": "evt_s1", "object": "event", "type": "customer.subscription.created", "data": {"object": sub}}
-    assert (await stripe_webhooks.send(created)).json()["outcome"] == "plan professional"
+    assert (await cg_stripe_webhooks.send(created)).json()["outcome"] == "plan professional"
     deleted = {
         **created,
         "id": "evt_s2",
         "type": "customer.subscription.deleted",
         "data": {"object": {**sub, "status": "canceled"}},
     }
-    assert (await stripe_webhooks.send(deleted)).json()["outcome"] == "subscription ended"
+    assert (await cg_stripe_webhooks.send(deleted)).json()["outcome"] == "subscription ended"
     stranger = {**created, "id": "evt_s3", "data": {"object": {**sub, "customer": "cus_nobody"}}}
-    assert (await stripe_webhooks.send(stranger)).json()["outcome"] == "unknown customer"
+    assert (await cg_stripe_webhooks.send(stranger)).json()["outcome"] == "unknown customer"
 
 
 async def test_a_session_we_have_no_record_of_is_credited_from_its_own_metadata(
-    async_client: httpx.AsyncClient, funded_user: TestUser, stripe_webhooks: StripeWebhooks
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_stripe_webhooks: StripeWebhooks
 ) -> None:
     """E.g. the gateway crashed between creating the Checkout Session and recording it."""
     session = {
@@ -283,7 +283,7 @@ async def test_a_session_we_have_no_record_of_is_credited_from_its_own_metadata(
         "payment_status": "paid",
         "amount_total": 500,
         "payment_intent": "pi_unrecorded",
-        "metadata": {"account_id": str(funded_user.account_id), "credits": "500.00"},
+        "metadata": {"account_id": str(cg_funded_user.account_id), "credits": "500.00"},
     }
     event = {
         "id": "evt_unrecorded",
@@ -291,28 +291,28 @@ async def test_a_session_we_have_no_record_of_is_credited_from_its_own_metadata(
         "type": "checkout.session.completed",
         "data": {"object": session},
     }
-    assert (await stripe_webhooks.send(event)).json()["outcome"] == "credited"
-    assert await balance(async_client, funded_user) == "1500.00"
+    assert (await cg_stripe_webhooks.send(event)).json()["outcome"] == "credited"
+    assert await balance(async_client, cg_funded_user) == "1500.00"
     refund = {
         "id": "evt_unrecorded_refund",
         "object": "event",
         "type": "charge.refunded",
         "data": {"object": {"id": "ch_u", "payment_intent": "pi_unrecorded", "amount_refunded": 500}},
     }
-    assert (await stripe_webhooks.send(refund)).json()["outcome"] == "reversed"
-    assert (await stripe_webhooks.send({**refund, "id": "evt_again"})).json()["outcome"] == "already reversed"
-    assert await balance(async_client, funded_user) == "1000.00"
+    assert (await cg_stripe_webhooks.send(refund)).json()["outcome"] == "reversed"
+    assert (await cg_stripe_webhooks.send({**refund, "id": "evt_again"})).json()["outcome"] == "already reversed"
+    assert await balance(async_client, cg_funded_user) == "1000.00"
     for metadata in ({"account_id": "999999", "credits": "1"}, {"account_id": "x"}):
         stranger = {
             **event,
             "id": f"evt_{metadata['account_id']}",
             "data": {"object": {**session, "id": "cs_other", "metadata": metadata}},
         }
-        assert (await stripe_webhooks.send(stranger)).json()["outcome"] == "unknown session"
+        assert (await cg_stripe_webhooks.send(stranger)).json()["outcome"] == "unknown session"
 
 
 async def test_signed_payloads_that_are_not_events_are_400(
-    async_client: httpx.AsyncClient, fake_stripe: FakeStripeServer, stripe_webhooks: StripeWebhooks
+    async_client: httpx.AsyncClient, fake_stripe: StripeFake, cg_stripe_webhooks: StripeWebhooks
 ) -> None:
     for payload in (b"[1, 2]", b'{"type": "x"}'):
         header = sign_payload(payload, secrets=[fake_stripe.webhook_secret])
@@ -324,17 +324,17 @@ async def test_signed_payloads_that_are_not_events_are_400(
         "type": "charge.dispute.created",
         "data": {"object": {"id": "dp_x", "amount": 100}},
     }
-    assert (await stripe_webhooks.send(no_intent)).json()["outcome"] == "unknown charge"
+    assert (await cg_stripe_webhooks.send(no_intent)).json()["outcome"] == "unknown charge"
 
 
 async def test_subscription_with_an_unknown_plan_changes_nothing(
     async_client: httpx.AsyncClient,
-    funded_user: TestUser,
-    fake_stripe: FakeStripeServer,
-    stripe_webhooks: StripeWebhooks,
+    cg_funded_user: TestUser,
+    fake_stripe: StripeFake,
+    cg_stripe_webhooks: StripeWebhooks,
 ) -> None:
-    await async_client.post("/billing/portal", headers=funded_user.headers)
+    await async_client.post("/billing/portal", headers=cg_funded_user.headers)
     customer = next(o["id"] for o in fake_stripe.state.objects.values() if o["object"] == "customer")
     sub = {"id": "sub_2", "customer": customer, "status": "active", "metadata": {"plan": "platinum"}}
     event = {"id": "evt_p", "object": "event", "type": "customer.subscription.updated", "data": {"object": sub}}
-    assert (await stripe_webhooks.send(event)).json()["outcome"] == "unknown plan 'platinum'"
+    assert (await cg_stripe_webhooks.send(event)).json()["outcome"] == "unknown plan 'platinum'"

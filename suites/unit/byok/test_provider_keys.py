@@ -8,50 +8,52 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from creditgate.db.models import ProviderKey
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.fixtures.factories import TestUser
+from creditgate_harness.gateway import TestUser
 
 KEYS = "/user/provider-keys"
 BODY = {"model": "test-model", "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]}
 
 
 async def test_store_list_replace_delete(
-    async_client: httpx.AsyncClient, funded_user: TestUser, db_sessionmaker: async_sessionmaker[AsyncSession]
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
     secret = "sk-user-own-key-1234"
-    stored = await async_client.post(KEYS, json={"provider": "fake", "api_key": secret}, headers=funded_user.headers)
+    stored = await async_client.post(KEYS, json={"provider": "fake", "api_key": secret}, headers=cg_funded_user.headers)
     assert stored.status_code == 200
     assert stored.json()["last4"] == "1234"
-    listed = (await async_client.get(KEYS, headers=funded_user.headers)).text
+    listed = (await async_client.get(KEYS, headers=cg_funded_user.headers)).text
     assert secret not in listed
-    async with db_sessionmaker() as s:
+    async with cg_sessionmaker() as s:
         row = await s.scalar(select(ProviderKey))
     assert row is not None
     assert secret not in row.encrypted_key  # encrypted at rest
     await async_client.post(
-        KEYS, json={"provider": "fake", "api_key": "sk-user-new-key-9999"}, headers=funded_user.headers
+        KEYS, json={"provider": "fake", "api_key": "sk-user-new-key-9999"}, headers=cg_funded_user.headers
     )
-    assert [k["last4"] for k in (await async_client.get(KEYS, headers=funded_user.headers)).json()["data"]] == ["9999"]
-    assert (await async_client.delete(f"{KEYS}/fake", headers=funded_user.headers)).status_code == 204
-    assert (await async_client.delete(f"{KEYS}/fake", headers=funded_user.headers)).status_code == 404
+    assert [k["last4"] for k in (await async_client.get(KEYS, headers=cg_funded_user.headers)).json()["data"]] == [
+        "9999"
+    ]
+    assert (await async_client.delete(f"{KEYS}/fake", headers=cg_funded_user.headers)).status_code == 204
+    assert (await async_client.delete(f"{KEYS}/fake", headers=cg_funded_user.headers)).status_code == 404
     bad = await async_client.post(
-        KEYS, json={"provider": "nope", "api_key": "sk-12345678"}, headers=funded_user.headers
+        KEYS, json={"provider": "nope", "api_key": "sk-12345678"}, headers=cg_funded_user.headers
     )
     assert bad.status_code == 422
 
 
 async def test_byok_request_uses_the_users_key_and_costs_nothing(
-    async_client: httpx.AsyncClient, funded_user: TestUser, fake_provider: FakeProvider
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_upstream: FakeProvider
 ) -> None:
     await async_client.post(
-        KEYS, json={"provider": "fake", "api_key": "sk-user-own-key-1234"}, headers=funded_user.headers
+        KEYS, json={"provider": "fake", "api_key": "sk-user-own-key-1234"}, headers=cg_funded_user.headers
     )
-    fake_provider.push(Reply(prompt_tokens=1000, completion_tokens=400))
-    response = await async_client.post("/v1/chat/completions", json=BODY, headers=funded_user.headers)
+    cg_upstream.push(Reply(prompt_tokens=1000, completion_tokens=400))
+    response = await async_client.post("/v1/chat/completions", json=BODY, headers=cg_funded_user.headers)
     assert response.status_code == 200
     assert response.headers["X-Creditgate-Credits-Charged"] == "0.00"
-    assert fake_provider.calls[0].headers["authorization"] == "Bearer sk-user-own-key-1234"
-    assert (await async_client.get("/user/balance", headers=funded_user.headers)).json()["balance"] == "1000.00"
-    usage = (await async_client.get("/user/usage", headers=funded_user.headers)).json()["data"][0]
+    assert cg_upstream.calls[0].headers["authorization"] == "Bearer sk-user-own-key-1234"
+    assert (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"] == "1000.00"
+    usage = (await async_client.get("/user/usage", headers=cg_funded_user.headers)).json()["data"][0]
     assert (usage["byok"], usage["credits"], usage["prompt_tokens"], usage["completion_tokens"]) == (
         True,
         "0.00",
@@ -60,8 +62,8 @@ async def test_byok_request_uses_the_users_key_and_costs_nothing(
     )
 
 
-async def test_byok_with_no_credits_still_works(async_client: httpx.AsyncClient, user_factory) -> None:  # type: ignore[no-untyped-def]
-    broke = await user_factory(credits=0)
+async def test_byok_with_no_credits_still_works(async_client: httpx.AsyncClient, cg_user_factory) -> None:  # type: ignore[no-untyped-def]
+    broke = await cg_user_factory(credits=0)
     assert (await async_client.post("/v1/chat/completions", json=BODY, headers=broke.headers)).status_code == 402
     await async_client.post(KEYS, json={"provider": "fake", "api_key": "sk-user-own-key-1234"}, headers=broke.headers)
     assert (await async_client.post("/v1/chat/completions", json=BODY, headers=broke.headers)).status_code == 200

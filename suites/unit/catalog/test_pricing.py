@@ -44,12 +44,12 @@ def test_prompt_estimate_is_never_below_a_bytes_over_four_count() -> None:
     assert pricing.estimate_prompt_tokens(texts) >= sum(len(t.encode()) // 4 for t in texts)
 
 
-async def test_increment_comes_from_the_settings_table(db_sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-    async with db_sessionmaker() as s:
+async def test_increment_comes_from_the_settings_table(cg_sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    async with cg_sessionmaker() as s:
         assert await pricing.current_increment(s, default=Decimal("0.1")) == Decimal("0.1")
-    async with db_sessionmaker() as s, s.begin():
+    async with cg_sessionmaker() as s, s.begin():
         s.add(AppSetting(key=pricing.INCREMENT_KEY, value="1.0"))
-    async with db_sessionmaker() as s:
+    async with cg_sessionmaker() as s:
         assert await pricing.current_increment(s, default=Decimal("0.1")) == Decimal("1.0")
 
 

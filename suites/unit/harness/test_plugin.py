@@ -1,4 +1,4 @@
-"""The harness as another project sees it: installed, loaded by entry point, fixtures documented."""
+"""The harness as another project sees it: generic fixtures by default, the creditgate layer only when asked."""
 
 from __future__ import annotations
 
@@ -6,69 +6,177 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
+GENERIC = (
+    "postgres_service",
+    "redis_service",
+    "database_url",
+    "database_setup",
+    "database_check",
+    "asgi_app",
+    "async_client",
+    "live_server",
+    "live_server_factory",
+    "fake_openai",
+    "fake_anthropic",
+    "fake_stripe",
+    "fake_openai_server",
+    "fake_anthropic_server",
+    "fake_stripe_server",
+    "stripe_webhooks",
+    "fake_oidc",
+    "notification_receiver",
+)
+APP = """
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
-def test_fixtures_are_documented(pytester: pytest.Pytester) -> None:
+async def hello(request):
+    return JSONResponse({"hello": "world"})
+
+app = Starlette(routes=[Route("/", hello)])
+"""
+
+
+def fixture_lines(out: str) -> dict[str, str]:
+    """``pytest --fixtures`` output → {fixture name: the docstring line under it}."""
+    lines = out.splitlines()
+    return {
+        ln.split(" ")[0]: (lines[i + 1].strip() if i + 1 < len(lines) else "")
+        for i, ln in enumerate(lines)
+        if ln and not ln.startswith((" ", "-", "=")) and " -- " in ln
+    }
+
+
+def test_a_foreign_project_sees_only_generic_fixtures_each_documented(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\n")
     result = pytester.runpytest_subprocess("--fixtures", "-p", "no:cacheprovider")
-    out = result.stdout.str()
-    for fixture in (
-        "async_client",
-        "live_server",
-        "postgres_service",
-        "redis_service",
-        "database_url",
-        "funded_user",
-        "user_factory",
-        "api_key",
-        "fake_provider",
-        "ledger_auditor",
-        "settings",
-        "app",
-    ):
-        line = next(
-            (ln for ln in out.splitlines() if ln.startswith(fixture + " ") or ln.startswith(fixture + "\n")), None
-        )
-        assert line is not None, f"{fixture} missing from pytest --fixtures"
-    assert "A user with 1,000 credits" in out
-    assert "An httpx client calling the app in-process" in out
+    ours = {name: doc for name, doc in fixture_lines(result.stdout.str()).items() if name in GENERIC}
+    assert set(ours) == set(GENERIC)
+    assert all(doc and not doc.startswith("no docstring") for doc in ours.values()), ours
+    assert "cg_" not in result.stdout.str()
 
 
-def test_a_project_using_only_the_plugin_gets_working_fixtures(pytester: pytest.Pytester) -> None:
+def test_the_creditgate_layer_is_opt_in(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ncreditgate_fixtures = true\n")
+    out = pytester.runpytest_subprocess("--fixtures", "-p", "no:cacheprovider").stdout.str()
+    names = fixture_lines(out)
+    for name in ("cg_app", "cg_settings", "cg_funded_user", "cg_user_factory", "cg_ledger_auditor", "cg_flow"):
+        assert name in names, f"{name} missing with creditgate_fixtures = true"
+
+
+def test_async_client_without_an_app_names_the_ini_key(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nasyncio_mode = auto\n")
+    pytester.makepyfile("async def test_x(async_client):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(['*no ASGI app to test: name your app: asgi_app = "yourpkg.main:app"*'])
+
+
+def test_async_client_and_live_server_run_the_app_the_ini_names(pytester: pytest.Pytester) -> None:
+    pytester.makeini('[pytest]\nasyncio_mode = auto\npythonpath = .\nasgi_app = "hello_app:app"\n'.replace('"', ""))
+    pytester.makepyfile(hello_app=APP)
+    pytester.makepyfile(
+        test_it="""
+        import httpx
+
+        async def test_in_process(async_client):
+            assert (await async_client.get("/")).json() == {"hello": "world"}
+
+        def test_on_a_port(live_server):
+            assert httpx.get(live_server.url + "/").json() == {"hello": "world"}
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_a_missing_app_attribute_is_a_clear_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_mode = auto\npythonpath = .\nasgi_app = hello_app:nope\n")
+    pytester.makepyfile(hello_app=APP)
+    pytester.makepyfile("async def test_x(async_client):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*asgi_app = 'hello_app:nope' cannot be loaded*"])
+
+
+def test_database_url_builds_the_projects_own_schema(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_mode = auto\npythonpath = .\nharness_metadata = models:Base.metadata\n")
+    pytester.makepyfile(
+        models="""
+        from sqlalchemy import Integer, String
+        from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+        class Base(DeclarativeBase):
+            pass
+
+        class Wallet(Base):
+            __tablename__ = "wallets"
+            id: Mapped[int] = mapped_column(Integer, primary_key=True)
+            owner: Mapped[str] = mapped_column(String(50))
+        """
+    )
+    pytester.makepyfile(
+        test_db="""
+        import pytest
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+        async def test_fresh_each_time(database_url):
+            engine = create_async_engine(database_url)
+            async with engine.begin() as conn:
+                assert (await conn.execute(text("SELECT count(*) FROM wallets"))).scalar() == 0
+                await conn.execute(text("INSERT INTO wallets (owner) VALUES ('x')"))
+            await engine.dispose()
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_database_url_without_a_schema_names_the_ini_keys(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\n")
+    pytester.makepyfile("def test_x(database_url):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*database_url needs your schema: set harness_metadata = *"])
+
+
+def test_the_gateway_layer_works_in_a_project_that_opts_in(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_mode = auto\ncreditgate_fixtures = true\n")
     pytester.makepyfile(
         """
-        from creditgate_harness.fakes.providers import Fault
+        from creditgate_harness import Fault
 
-        async def test_chat(async_client, funded_user, fake_provider):
+        async def test_chat(async_client, cg_funded_user):
             r = await async_client.post(
                 "/v1/chat/completions",
                 json={"model": "test-model", "messages": [{"role": "user", "content": "hi"}]},
-                headers=funded_user.headers,
+                headers=cg_funded_user.headers,
             )
             assert r.status_code == 200
 
-        async def test_fault_is_free(async_client, funded_user, fake_provider, ledger_auditor):
-            fake_provider.push(Fault.status_code(503))
+        async def test_fault_is_free(async_client, cg_funded_user, cg_upstream, cg_ledger_auditor):
+            cg_upstream.push(Fault.status_code(503))
             r = await async_client.post(
                 "/v1/chat/completions",
                 json={"model": "test-model", "messages": [{"role": "user", "content": "hi"}]},
-                headers=funded_user.headers,
+                headers=cg_funded_user.headers,
             )
             assert r.status_code == 502
-            assert ledger_auditor().ok
+            assert cg_ledger_auditor().ok
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2)
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
 
 
 def test_auditor_failure_fails_the_test(pytester: pytest.Pytester) -> None:
-    pytester.makeini("[pytest]\nasyncio_mode = auto\n")
+    pytester.makeini("[pytest]\nasyncio_mode = auto\ncreditgate_fixtures = true\n")
     pytester.makepyfile(
         """
         import sqlalchemy as sa
 
-        async def test_corrupt(db_sessionmaker, funded_user):
-            async with db_sessionmaker() as s, s.begin():
+        async def test_corrupt(cg_sessionmaker, cg_funded_user):
+            async with cg_sessionmaker() as s, s.begin():
                 await s.execute(sa.text("UPDATE accounts SET balance = balance + 7"))
         """
     )
@@ -87,20 +195,21 @@ def test_bad_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
 
 @pytest.mark.parametrize("xdist", [False, True], ids=["plain", "xdist"])
 def test_flow_report_lists_steps_results_and_balances(pytester: pytest.Pytester, xdist: bool) -> None:
+    pytester.makeini("[pytest]\ncreditgate_fixtures = true\n")
     pytester.makepyfile(
         """
-        def test_good(flow):
+        def test_good(cg_flow):
             '''A flow that works.'''
-            with flow.step("top up"):
+            with cg_flow.step("top up"):
                 pass
-            flow.balance("alice", before="0.00", after="10.00")
+            cg_flow.balance("alice", before="0.00", after="10.00")
 
-        def test_bad(flow):
-            with flow.step("first"):
+        def test_bad(cg_flow):
+            with cg_flow.step("first"):
                 pass
-            with flow.step("second | breaks"):
+            with cg_flow.step("second | breaks"):
                 assert 1 == 2, "boom"
-            with flow.step("never reached"):
+            with cg_flow.step("never reached"):
                 pass
 
         def test_without_flow():

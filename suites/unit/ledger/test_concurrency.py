@@ -11,20 +11,20 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from creditgate.errors import InsufficientCredits
 from creditgate.ledger import service as ledger
-from creditgate_harness.fixtures.factories import TestUser
+from creditgate_harness.gateway import TestUser
 
 pytestmark = [pytest.mark.critical, pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)]
 
 
 async def test_fifty_concurrent_holds_on_one_balance(
-    db_sessionmaker: async_sessionmaker[AsyncSession], funded_user: TestUser, ledger_auditor
+    cg_sessionmaker: async_sessionmaker[AsyncSession], cg_funded_user: TestUser, cg_ledger_auditor
 ) -> None:
     async def attempt(i: int) -> int | None:
         try:
-            async with db_sessionmaker() as s, s.begin():
+            async with cg_sessionmaker() as s, s.begin():
                 hold_id = await ledger.place_hold(
                     s,
-                    account_id=funded_user.account_id,
+                    account_id=cg_funded_user.account_id,
                     amount=Decimal(100),
                     request_id=f"req-{i}",
                     ttl=timedelta(minutes=5),
@@ -36,17 +36,17 @@ async def test_fifty_concurrent_holds_on_one_balance(
     results = await asyncio.gather(*(attempt(i) for i in range(50)))
     held = [h for h in results if h is not None]
     assert len(held) == 10
-    async with db_sessionmaker() as s:
-        assert await ledger.balance_of(s, funded_user.account_id) == Decimal("0.00")
+    async with cg_sessionmaker() as s:
+        assert await ledger.balance_of(s, cg_funded_user.account_id) == Decimal("0.00")
 
     async def settle(hold_id: int) -> None:
-        async with db_sessionmaker() as s, s.begin():
+        async with cg_sessionmaker() as s, s.begin():
             await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal("73.30"))
 
     await asyncio.gather(*(settle(h) for h in held))
-    async with db_sessionmaker() as s:
-        final = await ledger.balance_of(s, funded_user.account_id)
+    async with cg_sessionmaker() as s:
+        final = await ledger.balance_of(s, cg_funded_user.account_id)
     assert final == Decimal("267.00")
-    report = ledger_auditor()
+    report = cg_ledger_auditor()
     assert report.ok, str(report)
     print(f"\n50 concurrent holds of 100: {len(held)} succeeded, final balance {final}, {report}")

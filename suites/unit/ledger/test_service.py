@@ -13,7 +13,7 @@ from creditgate.db.models import Hold, utcnow
 from creditgate.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
 from creditgate.ledger import service as ledger
 from creditgate.ledger.sweeper import sweep_once
-from creditgate_harness.fixtures.factories import TestUser, UserFactory
+from creditgate_harness.gateway import TestUser, UserFactory
 
 TTL = timedelta(minutes=10)
 SM = async_sessionmaker[AsyncSession]
@@ -32,109 +32,114 @@ async def _hold(sm: SM, user: TestUser, amount: str, request_id: str) -> int:
         return hold_id
 
 
-async def test_hold_then_settle_charges_actual_and_releases_rest(db_sessionmaker: SM, funded_user: TestUser) -> None:
-    hold_id = await _hold(db_sessionmaker, funded_user, "100", "r1")
-    assert await _balance(db_sessionmaker, funded_user.account_id) == Decimal("900.00")
-    async with db_sessionmaker() as s, s.begin():
+async def test_hold_then_settle_charges_actual_and_releases_rest(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+    hold_id = await _hold(cg_sessionmaker, cg_funded_user, "100", "r1")
+    assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("900.00")
+    async with cg_sessionmaker() as s, s.begin():
         result = await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal("12.30"))
     assert (result.charged, result.released, result.late) == (Decimal("12.30"), Decimal("87.70"), False)
-    assert await _balance(db_sessionmaker, funded_user.account_id) == Decimal("987.70")
+    assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("987.70")
 
 
-async def test_settle_is_capped_at_the_hold(db_sessionmaker: SM, funded_user: TestUser) -> None:
-    hold_id = await _hold(db_sessionmaker, funded_user, "10", "r1")
-    async with db_sessionmaker() as s, s.begin():
+async def test_settle_is_capped_at_the_hold(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+    hold_id = await _hold(cg_sessionmaker, cg_funded_user, "10", "r1")
+    async with cg_sessionmaker() as s, s.begin():
         result = await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal("25"))
     assert result.charged == Decimal("10.00")
-    assert await _balance(db_sessionmaker, funded_user.account_id) == Decimal("990.00")
+    assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("990.00")
 
 
-async def test_each_hold_closes_once(db_sessionmaker: SM, funded_user: TestUser) -> None:
-    hold_id = await _hold(db_sessionmaker, funded_user, "50", "r1")
-    async with db_sessionmaker() as s, s.begin():
+async def test_each_hold_closes_once(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+    hold_id = await _hold(cg_sessionmaker, cg_funded_user, "50", "r1")
+    async with cg_sessionmaker() as s, s.begin():
         assert await ledger.release_hold(s, hold_id=hold_id) is True
-    async with db_sessionmaker() as s, s.begin():
+    async with cg_sessionmaker() as s, s.begin():
         assert await ledger.release_hold(s, hold_id=hold_id) is False
     with pytest.raises(Conflict):
-        async with db_sessionmaker() as s, s.begin():
+        async with cg_sessionmaker() as s, s.begin():
             await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal(1))
-    assert await _balance(db_sessionmaker, funded_user.account_id) == Decimal("1000.00")
+    assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("1000.00")
 
 
-async def test_insufficient_hold_changes_nothing(db_sessionmaker: SM, user_factory: UserFactory) -> None:
-    user = await user_factory(credits="5")
+async def test_insufficient_hold_changes_nothing(cg_sessionmaker: SM, cg_user_factory: UserFactory) -> None:
+    user = await cg_user_factory(credits="5")
     with pytest.raises(InsufficientCredits) as info:
-        await _hold(db_sessionmaker, user, "5.01", "r1")
+        await _hold(cg_sessionmaker, user, "5.01", "r1")
     assert info.value.extra == {"reason": "insufficient_credits", "balance": "5.00", "required": "5.01"}
-    assert await _balance(db_sessionmaker, user.account_id) == Decimal("5.00")
-    await _hold(db_sessionmaker, user, "5.00", "r2")  # exactly the balance is fine
-    assert await _balance(db_sessionmaker, user.account_id) == Decimal("0.00")
+    assert await _balance(cg_sessionmaker, user.account_id) == Decimal("5.00")
+    await _hold(cg_sessionmaker, user, "5.00", "r2")  # exactly the balance is fine
+    assert await _balance(cg_sessionmaker, user.account_id) == Decimal("0.00")
 
 
-async def test_duplicate_request_id_is_rejected(db_sessionmaker: SM, funded_user: TestUser) -> None:
+async def test_duplicate_request_id_is_rejected(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
     from sqlalchemy.exc import IntegrityError
 
-    await _hold(db_sessionmaker, funded_user, "1", "same")
+    await _hold(cg_sessionmaker, cg_funded_user, "1", "same")
     with pytest.raises(IntegrityError):
-        await _hold(db_sessionmaker, funded_user, "1", "same")
-    assert await _balance(db_sessionmaker, funded_user.account_id) == Decimal("999.00")
+        await _hold(cg_sessionmaker, cg_funded_user, "1", "same")
+    assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("999.00")
 
 
 async def test_sweeper_releases_expired_holds_and_late_settle_charges_balance(
-    db_sessionmaker: SM, funded_user: TestUser
+    cg_sessionmaker: SM, cg_funded_user: TestUser
 ) -> None:
-    hold_id = await _hold(db_sessionmaker, funded_user, "40", "r1")
-    fresh_id = await _hold(db_sessionmaker, funded_user, "10", "r2")
-    async with db_sessionmaker() as s, s.begin():
+    hold_id = await _hold(cg_sessionmaker, cg_funded_user, "40", "r1")
+    fresh_id = await _hold(cg_sessionmaker, cg_funded_user, "10", "r2")
+    async with cg_sessionmaker() as s, s.begin():
         await s.execute(update(Hold).where(Hold.id == hold_id).values(expires_at=utcnow() - TTL))
-    assert await sweep_once(db_sessionmaker) == 1
-    assert await _balance(db_sessionmaker, funded_user.account_id) == Decimal("990.00")
-    async with db_sessionmaker() as s, s.begin():
+    assert await sweep_once(cg_sessionmaker) == 1
+    assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("990.00")
+    async with cg_sessionmaker() as s, s.begin():
         result = await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal("3.5"))
     assert (result.charged, result.late) == (Decimal("3.50"), True)
-    async with db_sessionmaker() as s:
+    async with cg_sessionmaker() as s:
         statuses = {row.id: row.status for row in await s.execute(select(Hold.id, Hold.status))}
     assert statuses == {hold_id: "expired", fresh_id: "open"}
-    assert await _balance(db_sessionmaker, funded_user.account_id) == Decimal("986.50")
+    assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("986.50")
 
 
-async def test_idempotent_entries(db_sessionmaker: SM, funded_user: TestUser) -> None:
-    kw = {"account_id": funded_user.account_id, "amount": Decimal("25"), "type": "purchase", "idempotency_key": "evt_1"}
-    async with db_sessionmaker() as s, s.begin():
+async def test_idempotent_entries(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+    kw = {
+        "account_id": cg_funded_user.account_id,
+        "amount": Decimal("25"),
+        "type": "purchase",
+        "idempotency_key": "evt_1",
+    }
+    async with cg_sessionmaker() as s, s.begin():
         first, created = await ledger.post_entry(s, **kw)
     assert created
-    async with db_sessionmaker() as s, s.begin():
+    async with cg_sessionmaker() as s, s.begin():
         again, created = await ledger.post_entry(s, **kw)
     assert (again.id, created) == (first.id, False)
     with pytest.raises(Conflict):
-        async with db_sessionmaker() as s, s.begin():
+        async with cg_sessionmaker() as s, s.begin():
             await ledger.post_entry(s, **{**kw, "amount": Decimal("26")})
-    assert await _balance(db_sessionmaker, funded_user.account_id) == Decimal("1025.00")
+    assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("1025.00")
 
 
 @pytest.mark.parametrize(
     ("amount", "type_"), [("0", "bonus"), ("5", "api_usage"), ("-5", "bonus"), ("5", "refund"), ("0.001", "bonus")]
 )
 async def test_post_entry_rejects_bad_input(
-    db_sessionmaker: SM, funded_user: TestUser, amount: str, type_: str
+    cg_sessionmaker: SM, cg_funded_user: TestUser, amount: str, type_: str
 ) -> None:
     with pytest.raises((InvalidRequest, ValueError)):
-        async with db_sessionmaker() as s, s.begin():
-            await ledger.post_entry(s, account_id=funded_user.account_id, amount=Decimal(amount), type=type_)
+        async with cg_sessionmaker() as s, s.begin():
+            await ledger.post_entry(s, account_id=cg_funded_user.account_id, amount=Decimal(amount), type=type_)
 
 
-async def test_debit_cannot_overdraw(db_sessionmaker: SM, user_factory: UserFactory) -> None:
-    user = await user_factory(credits="3")
+async def test_debit_cannot_overdraw(cg_sessionmaker: SM, cg_user_factory: UserFactory) -> None:
+    user = await cg_user_factory(credits="3")
     with pytest.raises(InsufficientCredits):
-        async with db_sessionmaker() as s, s.begin():
+        async with cg_sessionmaker() as s, s.begin():
             await ledger.post_entry(s, account_id=user.account_id, amount=Decimal("-3.01"), type="adjustment")
-    async with db_sessionmaker() as s, s.begin():
+    async with cg_sessionmaker() as s, s.begin():
         await ledger.post_entry(s, account_id=user.account_id, amount=Decimal("-3"), type="adjustment")
-    assert await _balance(db_sessionmaker, user.account_id) == Decimal("0.00")
+    assert await _balance(cg_sessionmaker, user.account_id) == Decimal("0.00")
 
 
-async def test_unknown_ids(db_sessionmaker: SM) -> None:
-    async with db_sessionmaker() as s:
+async def test_unknown_ids(cg_sessionmaker: SM) -> None:
+    async with cg_sessionmaker() as s:
         with pytest.raises(NotFound):
             await ledger.balance_of(s, 999)
         with pytest.raises(NotFound):

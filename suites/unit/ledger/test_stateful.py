@@ -25,7 +25,7 @@ from creditgate.errors import InsufficientCredits
 from creditgate.ledger import service as ledger
 from creditgate.ledger.sweeper import sweep_once
 from creditgate_harness.auditor import audit
-from creditgate_harness.fixtures.database import migrate
+from creditgate_harness.gateway import migrate
 from creditgate_harness.strategies import credit_amounts
 
 pytestmark = pytest.mark.critical

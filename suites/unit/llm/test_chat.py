@@ -11,7 +11,7 @@ import pytest
 from creditgate.catalog import pricing
 from creditgate_harness.catalog import catalog_for_tests
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.fixtures.factories import TestUser, UserFactory
+from creditgate_harness.gateway import TestUser, UserFactory
 
 CHAT = "/v1/chat/completions"
 
@@ -43,11 +43,11 @@ def expected_charge(prompt: int, completion: int) -> Decimal:
 
 
 async def test_completion_is_charged_from_upstream_usage(
-    async_client: httpx.AsyncClient, funded_user: TestUser, fake_provider: FakeProvider
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_upstream: FakeProvider
 ) -> None:
-    fake_provider.push(Reply(content="hi there", prompt_tokens=1200, completion_tokens=800))
+    cg_upstream.push(Reply(content="hi there", prompt_tokens=1200, completion_tokens=800))
     prompt = "word " * 1200  # the gateway's estimate is above the 1,200 tokens the fake reports
-    response = await async_client.post(CHAT, json=body(max_tokens=1000, content=prompt), headers=funded_user.headers)
+    response = await async_client.post(CHAT, json=body(max_tokens=1000, content=prompt), headers=cg_funded_user.headers)
     assert response.status_code == 200, response.text
     data = response.json()
     assert data["object"] == "chat.completion"
@@ -57,32 +57,34 @@ async def test_completion_is_charged_from_upstream_usage(
     # (1.2 × $0.001 + 0.8 × $0.002) × 1.5 = $0.0042 → 0.42 credits → 0.5 at increment 0.1
     assert expected_charge(1200, 800) == Decimal("0.5")
     assert response.headers["X-Creditgate-Credits-Charged"] == "0.50"
-    assert await balance(async_client, funded_user) == Decimal("999.50")
-    summary = (await async_client.get("/user/transactions/summary", headers=funded_user.headers)).json()
+    assert await balance(async_client, cg_funded_user) == Decimal("999.50")
+    summary = (await async_client.get("/user/transactions/summary", headers=cg_funded_user.headers)).json()
     assert summary["total_spent"] == "0.50"
     assert summary["net_balance"] == "999.50"
-    sent = fake_provider.calls[0].body
+    sent = cg_upstream.calls[0].body
     assert sent["max_tokens"] == 1000
     assert sent["model"] == "test-model"
-    assert fake_provider.calls[0].headers["authorization"] == "Bearer sk-fake"
+    assert cg_upstream.calls[0].headers["authorization"] == "Bearer sk-fake"
 
 
 async def test_missing_usage_charges_the_estimate(
-    async_client: httpx.AsyncClient, funded_user: TestUser, fake_provider: FakeProvider
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_upstream: FakeProvider
 ) -> None:
-    fake_provider.push(Reply(content="x" * 3000, include_usage=False))
-    response = await async_client.post(CHAT, json=body(max_tokens=5000, content="y" * 300), headers=funded_user.headers)
+    cg_upstream.push(Reply(content="x" * 3000, include_usage=False))
+    response = await async_client.post(
+        CHAT, json=body(max_tokens=5000, content="y" * 300), headers=cg_funded_user.headers
+    )
     assert response.status_code == 200
     prompt = pricing.estimate_prompt_tokens(["y" * 300])
     completion = pricing.estimate_prompt_tokens(["x" * 3000])
     assert Decimal(response.headers["X-Creditgate-Credits-Charged"]) == expected_charge(prompt, completion)
 
 
-async def test_free_model_charges_nothing(async_client: httpx.AsyncClient, funded_user: TestUser) -> None:
-    response = await async_client.post(CHAT, json=body("free-model"), headers=funded_user.headers)
+async def test_free_model_charges_nothing(async_client: httpx.AsyncClient, cg_funded_user: TestUser) -> None:
+    response = await async_client.post(CHAT, json=body("free-model"), headers=cg_funded_user.headers)
     assert response.status_code == 200
     assert response.headers["X-Creditgate-Credits-Charged"] == "0.00"
-    assert await balance(async_client, funded_user) == Decimal("1000.00")
+    assert await balance(async_client, cg_funded_user) == Decimal("1000.00")
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer cg_wrong"}, {"Authorization": "Basic abc"}])
@@ -93,8 +95,8 @@ async def test_missing_or_invalid_key_is_401(async_client: httpx.AsyncClient, he
     assert response.json()["error"]["type"] == "authentication_error"
 
 
-async def test_unknown_model_names_the_list_endpoint(async_client: httpx.AsyncClient, api_key: str) -> None:
-    response = await async_client.post(CHAT, json=body("nope"), headers={"Authorization": f"Bearer {api_key}"})
+async def test_unknown_model_names_the_list_endpoint(async_client: httpx.AsyncClient, cg_api_key: str) -> None:
+    response = await async_client.post(CHAT, json=body("nope"), headers={"Authorization": f"Bearer {cg_api_key}"})
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "model_not_found"
     assert "/catalog/models" in response.json()["error"]["message"]
@@ -113,28 +115,27 @@ async def test_unknown_model_names_the_list_endpoint(async_client: httpx.AsyncCl
     ],
 )
 async def test_bad_input_is_422_and_charges_nothing(
-    async_client: httpx.AsyncClient, funded_user: TestUser, fake_provider: FakeProvider, payload: dict[str, object]
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_upstream: FakeProvider, payload: dict[str, object]
 ) -> None:
-    response = await async_client.post(CHAT, json=payload, headers=funded_user.headers)
+    response = await async_client.post(CHAT, json=payload, headers=cg_funded_user.headers)
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["type"] == "invalid_request"
     assert error["message"]
-    assert fake_provider.calls == []
-    assert await balance(async_client, funded_user) == Decimal("1000.00")
+    assert cg_upstream.calls == []
+    assert await balance(async_client, cg_funded_user) == Decimal("1000.00")
 
 
-async def test_malformed_json_body_is_422(async_client: httpx.AsyncClient, api_key: str) -> None:
-    response = await async_client.post(
-        CHAT, content=b"{not json", headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
-    )
+async def test_malformed_json_body_is_422(async_client: httpx.AsyncClient, cg_api_key: str) -> None:
+    headers = {"Authorization": f"Bearer {cg_api_key}", "Content-Type": "application/json"}
+    response = await async_client.post(CHAT, content=b"{not json", headers=headers)
     assert response.status_code == 422
 
 
 async def test_insufficient_credits_is_402_with_what_is_affordable(
-    async_client: httpx.AsyncClient, user_factory: UserFactory, fake_provider: FakeProvider
+    async_client: httpx.AsyncClient, cg_user_factory: UserFactory, cg_upstream: FakeProvider
 ) -> None:
-    user = await user_factory(credits="1.00")
+    user = await cg_user_factory(credits="1.00")
     response = await async_client.post(CHAT, json=body(max_tokens=50_000), headers=user.headers)
     assert response.status_code == 402
     error = response.json()["error"]
@@ -143,7 +144,7 @@ async def test_insufficient_credits_is_402_with_what_is_affordable(
     assert Decimal(error["required"]) > Decimal(1)
     affordable = error["max_affordable_tokens"]
     assert 0 < affordable < 50_000
-    assert fake_provider.calls == []
+    assert cg_upstream.calls == []
     retry = await async_client.post(CHAT, json=body(max_tokens=affordable), headers=user.headers)
     assert retry.status_code == 200, retry.text
     too_many = await async_client.post(CHAT, json=body(max_tokens=affordable + 200), headers=user.headers)
@@ -151,45 +152,45 @@ async def test_insufficient_credits_is_402_with_what_is_affordable(
 
 
 async def test_client_error_from_upstream_is_not_failed_over(
-    async_client: httpx.AsyncClient, funded_user: TestUser, fake_provider: FakeProvider
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_upstream: FakeProvider
 ) -> None:
-    fake_provider.push(Fault.status_code(400))
-    response = await async_client.post(CHAT, json=body(), headers=funded_user.headers)
+    cg_upstream.push(Fault.status_code(400))
+    response = await async_client.post(CHAT, json=body(), headers=cg_funded_user.headers)
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "upstream_rejected"
-    assert await balance(async_client, funded_user) == Decimal("1000.00")
+    assert await balance(async_client, cg_funded_user) == Decimal("1000.00")
 
 
 @pytest.mark.critical
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 async def test_concurrent_requests_never_overdraw(
-    async_client: httpx.AsyncClient, user_factory: UserFactory, fake_provider: FakeProvider
+    async_client: httpx.AsyncClient, cg_user_factory: UserFactory, cg_upstream: FakeProvider
 ) -> None:
     """50 simultaneous requests that each hold 1/10 of the balance: exactly 10 are served."""
     per_request = expected_charge(pricing.estimate_prompt_tokens(["hello"]), 1000)
-    user = await user_factory(credits=per_request * 10)
-    fake_provider.gate = asyncio.Event()
-    fake_provider.default = Reply(prompt_tokens=5, completion_tokens=500)
+    user = await cg_user_factory(credits=per_request * 10)
+    cg_upstream.gate = asyncio.Event()
+    cg_upstream.default = Reply(prompt_tokens=5, completion_tokens=500)
 
     tasks = [
         asyncio.create_task(async_client.post(CHAT, json=body(max_tokens=1000), headers=user.headers))
         for _ in range(50)
     ]
-    while len(fake_provider.calls) < 10 or sum(t.done() for t in tasks) < 40:
+    while len(cg_upstream.calls) < 10 or sum(t.done() for t in tasks) < 40:
         await asyncio.sleep(0.01)
-    fake_provider.gate.set()
+    cg_upstream.gate.set()
     statuses = sorted(r.status_code for r in await asyncio.gather(*tasks))
     assert statuses == [200] * 10 + [402] * 40
-    assert len(fake_provider.calls) == 10
+    assert len(cg_upstream.calls) == 10
     assert await balance(async_client, user) == per_request * 10 - expected_charge(5, 500) * 10
 
 
 async def test_usage_above_the_hold_is_capped_at_the_hold(
-    async_client: httpx.AsyncClient, funded_user: TestUser, fake_provider: FakeProvider
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_upstream: FakeProvider
 ) -> None:
     """An upstream that reports more than the client allowed is charged at most the hold."""
-    fake_provider.push(Reply(prompt_tokens=50_000, completion_tokens=900))
-    response = await async_client.post(CHAT, json=body(max_tokens=1000), headers=funded_user.headers)
+    cg_upstream.push(Reply(prompt_tokens=50_000, completion_tokens=900))
+    response = await async_client.post(CHAT, json=body(max_tokens=1000), headers=cg_funded_user.headers)
     hold = expected_charge(pricing.estimate_prompt_tokens(["hello"]), 1000)
     assert Decimal(response.headers["X-Creditgate-Credits-Charged"]) == hold
-    assert await balance(async_client, funded_user) == Decimal(1000) - hold
+    assert await balance(async_client, cg_funded_user) == Decimal(1000) - hold

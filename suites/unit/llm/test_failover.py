@@ -8,12 +8,12 @@ import pytest
 from creditgate.catalog.service import Catalog, ModelRoute, ProviderConfig
 from creditgate_harness.catalog import catalog_for_tests
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.fixtures.factories import TestUser
+from creditgate_harness.gateway import TestUser
 from suites.unit.llm.test_chat import CHAT, body
 
 
 @pytest.fixture
-def gateway_catalog() -> Catalog:
+def cg_catalog() -> Catalog:
     base = catalog_for_tests()
     providers = (
         ProviderConfig(name="primary", base_url="http://primary.test/v1", api_key="k1"),
@@ -26,16 +26,16 @@ def gateway_catalog() -> Catalog:
 
 
 async def test_failover_goes_down_the_list(
-    async_client: httpx.AsyncClient, funded_user: TestUser, fake_provider: FakeProvider
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_upstream: FakeProvider
 ) -> None:
-    fake_provider.push(Fault.status_code(503), Reply(prompt_tokens=10, completion_tokens=10))
-    response = await async_client.post(CHAT, json=body(), headers=funded_user.headers)
+    cg_upstream.push(Fault.status_code(503), Reply(prompt_tokens=10, completion_tokens=10))
+    response = await async_client.post(CHAT, json=body(), headers=cg_funded_user.headers)
     assert response.status_code == 200
     assert response.headers["X-Creditgate-Provider"] == "secondary"
-    assert [c.headers["host"] for c in fake_provider.calls] == ["primary.test", "secondary.test"]
+    assert [c.headers["host"] for c in cg_upstream.calls] == ["primary.test", "secondary.test"]
 
-    fake_provider.default = Fault.status_code(500)
-    failed = await async_client.post(CHAT, json=body(), headers=funded_user.headers)
+    cg_upstream.default = Fault.status_code(500)
+    failed = await async_client.post(CHAT, json=body(), headers=cg_funded_user.headers)
     assert failed.status_code == 502
     outcomes = [(a["provider"], a["outcome"]) for a in failed.json()["error"]["attempts"]]
     assert outcomes == [

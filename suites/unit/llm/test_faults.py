@@ -10,7 +10,7 @@ import pytest
 from creditgate.runtime import Runtime
 from creditgate.settings import Settings
 from creditgate_harness.fakes.providers import FakeProvider, Fault
-from creditgate_harness.fixtures.factories import TestUser
+from creditgate_harness.gateway import TestUser
 from suites.unit.llm.test_chat import CHAT, balance, body
 
 FAULTS = {
@@ -24,7 +24,7 @@ FAULTS = {
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
+def cg_settings(database_url: str) -> Settings:
     return Settings(
         _env_file=None,
         database_url=database_url,
@@ -36,25 +36,25 @@ def settings(database_url: str) -> Settings:
 @pytest.mark.critical
 @pytest.mark.parametrize("fault", FAULTS.values(), ids=FAULTS.keys())
 async def test_provider_faults_charge_nothing(
-    async_client: httpx.AsyncClient, funded_user: TestUser, fake_provider: FakeProvider, fault: Fault
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_upstream: FakeProvider, fault: Fault
 ) -> None:
-    fake_provider.default = fault
-    response = await async_client.post(CHAT, json=body(), headers=funded_user.headers)
+    cg_upstream.default = fault
+    response = await async_client.post(CHAT, json=body(), headers=cg_funded_user.headers)
     assert response.status_code == 502
     error = response.json()["error"]
     assert error["type"] == "provider_unavailable"
     assert [a["provider"] for a in error["attempts"]] == ["fake"]
-    assert len(fake_provider.calls) == 1
-    assert await balance(async_client, funded_user) == Decimal("1000.00")
+    assert len(cg_upstream.calls) == 1
+    assert await balance(async_client, cg_funded_user) == Decimal("1000.00")
 
 
 async def test_response_without_choices_shape_charges_nothing(
-    async_client: httpx.AsyncClient, funded_user: TestUser, runtime: Runtime
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_runtime: Runtime
 ) -> None:
     async def broken(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"choices": [{"oops": True}]})
 
-    runtime.providers.http = httpx.AsyncClient(transport=httpx.MockTransport(broken))  # answers nonsense
-    response = await async_client.post(CHAT, json=body(), headers=funded_user.headers)
+    cg_runtime.providers.http = httpx.AsyncClient(transport=httpx.MockTransport(broken))  # answers nonsense
+    response = await async_client.post(CHAT, json=body(), headers=cg_funded_user.headers)
     assert response.status_code == 502
-    assert await balance(async_client, funded_user) == Decimal("1000.00")
+    assert await balance(async_client, cg_funded_user) == Decimal("1000.00")

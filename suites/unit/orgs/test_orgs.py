@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.fixtures.factories import TestUser, UserFactory
+from creditgate_harness.gateway import TestUser, UserFactory
 
 CHAT = "/v1/chat/completions"
 
@@ -27,16 +27,16 @@ async def make_org(client: httpx.AsyncClient, owner: TestUser, admin: TestUser, 
 
 @pytest.mark.critical
 async def test_member_spends_org_credits_within_allocation(
-    async_client: httpx.AsyncClient, user_factory: UserFactory, admin_user: TestUser, fake_provider: FakeProvider
+    async_client: httpx.AsyncClient, cg_user_factory: UserFactory, cg_admin_user: TestUser, cg_upstream: FakeProvider
 ) -> None:
-    owner, member = await user_factory(credits=50), await user_factory(credits=50)
-    org_id = await make_org(async_client, owner, admin_user, "10000")
+    owner, member = await cg_user_factory(credits=50), await cg_user_factory(credits=50)
+    org_id = await make_org(async_client, owner, cg_admin_user, "10000")
     added = await async_client.post(
         f"/orgs/{org_id}/members", json={"email": member.email, "allocation": "2500"}, headers=owner.headers
     )
     assert added.status_code == 201
     # 9 credits: gpt-4o, 1,000 prompt + 5,750 completion tokens ($0.0025 / $0.01 per 1K) = $0.06 × 1.5.
-    fake_provider.push(Reply(prompt_tokens=1000, completion_tokens=5750))
+    cg_upstream.push(Reply(prompt_tokens=1000, completion_tokens=5750))
     response = await async_client.post(
         CHAT,
         json=chat(max_tokens=6000) | {"model": "gpt-4o", "messages": [{"role": "user", "content": "w " * 2000}]},
@@ -63,15 +63,15 @@ async def test_member_spends_org_credits_within_allocation(
 )
 async def test_refusals_say_which_limit(
     async_client: httpx.AsyncClient,
-    user_factory: UserFactory,
-    admin_user: TestUser,
+    cg_user_factory: UserFactory,
+    cg_admin_user: TestUser,
     allocation: str,
     org_credits: str,
     reason: str,
     phrase: str,
 ) -> None:
-    owner, member = await user_factory(), await user_factory(credits=1000)
-    org_id = await make_org(async_client, owner, admin_user, org_credits)
+    owner, member = await cg_user_factory(), await cg_user_factory(credits=1000)
+    org_id = await make_org(async_client, owner, cg_admin_user, org_credits)
     await async_client.post(
         f"/orgs/{org_id}/members", json={"email": member.email, "allocation": allocation}, headers=owner.headers
     )
@@ -83,10 +83,10 @@ async def test_refusals_say_which_limit(
 
 
 async def test_leaving_the_org_falls_back_to_own_credits(
-    async_client: httpx.AsyncClient, user_factory: UserFactory, admin_user: TestUser
+    async_client: httpx.AsyncClient, cg_user_factory: UserFactory, cg_admin_user: TestUser
 ) -> None:
-    owner, member = await user_factory(), await user_factory(credits=100)
-    org_id = await make_org(async_client, owner, admin_user, "100")
+    owner, member = await cg_user_factory(), await cg_user_factory(credits=100)
+    org_id = await make_org(async_client, owner, cg_admin_user, "100")
     await async_client.post(
         f"/orgs/{org_id}/members", json={"email": member.email, "allocation": "0"}, headers=owner.headers
     )
@@ -96,9 +96,9 @@ async def test_leaving_the_org_falls_back_to_own_credits(
     assert (await async_client.get("/user/balance", headers=member.headers)).json()["balance"] != "100.00"
 
 
-async def test_roles(async_client: httpx.AsyncClient, user_factory: UserFactory, admin_user: TestUser) -> None:
-    owner, member, outsider = await user_factory(), await user_factory(), await user_factory()
-    org_id = await make_org(async_client, owner, admin_user, "10")
+async def test_roles(async_client: httpx.AsyncClient, cg_user_factory: UserFactory, cg_admin_user: TestUser) -> None:
+    owner, member, outsider = await cg_user_factory(), await cg_user_factory(), await cg_user_factory()
+    org_id = await make_org(async_client, owner, cg_admin_user, "10")
     await async_client.post(
         f"/orgs/{org_id}/members", json={"email": member.email, "allocation": "1"}, headers=owner.headers
     )
@@ -125,27 +125,27 @@ async def test_roles(async_client: httpx.AsyncClient, user_factory: UserFactory,
 @pytest.mark.parametrize(("org_credits", "served"), [("2.80", 7), ("100", 10)], ids=["org-binds", "allocations-bind"])
 async def test_concurrent_members_cannot_overdraw_org_or_allocation(
     async_client: httpx.AsyncClient,
-    user_factory: UserFactory,
-    admin_user: TestUser,
-    fake_provider: FakeProvider,
+    cg_user_factory: UserFactory,
+    cg_admin_user: TestUser,
+    cg_upstream: FakeProvider,
     org_credits: str,
     served: int,
 ) -> None:
     """20 simultaneous requests (0.40 held each) from 5 members with 0.80 allocations each."""
-    owner = await user_factory()
-    members = [await user_factory() for _ in range(5)]
-    org_id = await make_org(async_client, owner, admin_user, org_credits)
+    owner = await cg_user_factory()
+    members = [await cg_user_factory() for _ in range(5)]
+    org_id = await make_org(async_client, owner, cg_admin_user, org_credits)
     for m in members:
         await async_client.post(
             f"/orgs/{org_id}/members", json={"email": m.email, "allocation": "0.80"}, headers=owner.headers
         )
-    fake_provider.gate = asyncio.Event()
+    cg_upstream.gate = asyncio.Event()
     tasks = [
         asyncio.create_task(async_client.post(CHAT, json=chat(), headers=m.headers)) for m in members for _ in range(4)
     ]
-    while len(fake_provider.calls) < served or sum(t.done() for t in tasks) < 20 - served:
+    while len(cg_upstream.calls) < served or sum(t.done() for t in tasks) < 20 - served:
         await asyncio.sleep(0.01)
-    fake_provider.gate.set()
+    cg_upstream.gate.set()
     statuses = sorted(r.status_code for r in await asyncio.gather(*tasks))
     assert statuses == [200] * served + [402] * (20 - served)
     org = (await async_client.get(f"/orgs/{org_id}", headers=owner.headers)).json()

@@ -14,7 +14,7 @@ from creditgate.quotas.service import load_plans, period_end
 from creditgate.settings import Settings
 from creditgate_harness.catalog import catalog_for_tests
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.fixtures.factories import TestUser
+from creditgate_harness.gateway import TestUser
 from creditgate_harness.services import Service
 
 CHAT = "/v1/chat/completions"
@@ -39,30 +39,32 @@ def tiny_plans(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_quota_429_with_headers_and_plan_changes(
-    tiny_plans: None, async_client: httpx.AsyncClient, funded_user: TestUser, admin_user: TestUser
+    tiny_plans: None, async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_admin_user: TestUser
 ) -> None:
     for _ in range(3):
-        assert (await async_client.post(CHAT, json=BODY, headers=funded_user.headers)).status_code == 200
-    refused = await async_client.post(CHAT, json=BODY, headers=funded_user.headers)
+        assert (await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)).status_code == 200
+    refused = await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)
     assert refused.status_code == 429
     assert refused.headers["X-RateLimit-Limit"] == "3"
     assert refused.headers["X-RateLimit-Remaining"] == "0"
     assert int(refused.headers["X-RateLimit-Reset"]) == int(period_end(datetime.now(UTC)).timestamp())
     assert refused.json()["error"]["type"] == "quota_exceeded"
-    before = (await async_client.get("/user/balance", headers=funded_user.headers)).json()["balance"]
-    assert (await put_plan(async_client, admin_user, funded_user.email, "professional")).json()["monthly_calls"] == 5
-    assert (await async_client.post(CHAT, json=BODY, headers=funded_user.headers)).status_code == 200
-    assert (await put_plan(async_client, admin_user, funded_user.email, "enterprise")).status_code == 200
+    before = (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"]
+    assert (await put_plan(async_client, cg_admin_user, cg_funded_user.email, "professional")).json()[
+        "monthly_calls"
+    ] == 5
+    assert (await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)).status_code == 200
+    assert (await put_plan(async_client, cg_admin_user, cg_funded_user.email, "enterprise")).status_code == 200
     for _ in range(5):
-        assert (await async_client.post(CHAT, json=BODY, headers=funded_user.headers)).status_code == 200
-    assert (await put_plan(async_client, admin_user, funded_user.email, "gold")).status_code == 422
-    assert before != (await async_client.get("/user/balance", headers=funded_user.headers)).json()["balance"]
+        assert (await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)).status_code == 200
+    assert (await put_plan(async_client, cg_admin_user, cg_funded_user.email, "gold")).status_code == 422
+    assert before != (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"]
 
 
 async def test_byok_calls_count_and_credit_refusals_do_not(
-    tiny_plans: None, async_client: httpx.AsyncClient, user_factory
+    tiny_plans: None, async_client: httpx.AsyncClient, cg_user_factory
 ) -> None:  # type: ignore[no-untyped-def]
-    broke = await user_factory(credits=0)
+    broke = await cg_user_factory(credits=0)
     for _ in range(4):
         assert (await async_client.post(CHAT, json=BODY, headers=broke.headers)).status_code == 402
     keys = {"provider": "fake", "api_key": "sk-own-key-0000"}
@@ -73,13 +75,13 @@ async def test_byok_calls_count_and_credit_refusals_do_not(
 
 
 async def test_redis_counters_are_shared_between_workers(
-    tiny_plans: None, settings: Settings, redis_service: Service, funded_user: TestUser
+    tiny_plans: None, cg_settings: Settings, redis_service: Service, cg_funded_user: TestUser
 ) -> None:
     import redis.asyncio
 
-    shared = settings.model_copy(update={"redis_url": redis_service.url})
+    shared = cg_settings.model_copy(update={"redis_url": redis_service.url})
     client = redis.asyncio.Redis.from_url(redis_service.url)
-    await client.delete(*[k async for k in client.scan_iter(f"quota:user:{funded_user.id}:*")] or ["none"])
+    await client.delete(*[k async for k in client.scan_iter(f"quota:user:{cg_funded_user.id}:*")] or ["none"])
     await client.aclose()
     fake = FakeProvider()
     apps = [
@@ -89,14 +91,16 @@ async def test_redis_counters_are_shared_between_workers(
     async with LifespanManager(apps[0]) as a, LifespanManager(apps[1]) as b:
         clients = [httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://w") for m in (a, b)]
         statuses = [
-            (await clients[i % 2].post(CHAT, json=BODY, headers=funded_user.headers)).status_code for i in range(5)
+            (await clients[i % 2].post(CHAT, json=BODY, headers=cg_funded_user.headers)).status_code for i in range(5)
         ]
         assert (await clients[0].get("/health")).json()["redis"] == "connected"
     assert statuses == [200, 200, 200, 429, 429]
 
 
-async def test_quota_fails_open_when_redis_is_down(tiny_plans: None, settings: Settings, funded_user: TestUser) -> None:
-    down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+async def test_quota_fails_open_when_redis_is_down(
+    tiny_plans: None, cg_settings: Settings, cg_funded_user: TestUser
+) -> None:
+    down = cg_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     fake = FakeProvider()
     app = create_app(down, catalog=catalog_for_tests(), upstream_transport=httpx.ASGITransport(app=fake.app))
     async with (
@@ -104,7 +108,7 @@ async def test_quota_fails_open_when_redis_is_down(tiny_plans: None, settings: S
         httpx.AsyncClient(transport=httpx.ASGITransport(app=m.app), base_url="http://w") as c,
     ):
         for _ in range(5):
-            assert (await c.post(CHAT, json=BODY, headers=funded_user.headers)).status_code == 200
+            assert (await c.post(CHAT, json=BODY, headers=cg_funded_user.headers)).status_code == 200
         assert (await c.get("/health")).json()["redis"] == "error"
 
 
@@ -114,10 +118,10 @@ async def test_quota_fails_open_when_redis_is_down(tiny_plans: None, settings: S
 )
 async def test_increment_table_through_the_api(
     async_client: httpx.AsyncClient,
-    funded_user: TestUser,
-    admin_user: TestUser,
-    fake_provider: FakeProvider,
-    runtime,
+    cg_funded_user: TestUser,
+    cg_admin_user: TestUser,
+    cg_upstream: FakeProvider,
+    cg_runtime,
     cost_usd_per_1k_out: str,
     increment: str,
     expected: str,
@@ -126,33 +130,33 @@ async def test_increment_table_through_the_api(
     from creditgate.catalog.service import ModelConfig, ModelRoute
 
     tiny = ModelConfig(id="tiny", output_per_1k=Decimal(cost_usd_per_1k_out), providers=(ModelRoute(provider="fake"),))
-    runtime.catalog = runtime.catalog.model_copy(update={"models": (*runtime.catalog.models, tiny)})
-    runtime.providers.catalog = runtime.catalog
+    cg_runtime.catalog = cg_runtime.catalog.model_copy(update={"models": (*cg_runtime.catalog.models, tiny)})
+    cg_runtime.providers.catalog = cg_runtime.catalog
     put = await async_client.put(
-        "/admin/settings/credit-increment", json={"increment": increment}, headers=admin_user.headers
+        "/admin/settings/credit-increment", json={"increment": increment}, headers=cg_admin_user.headers
     )
     assert put.status_code == 200
-    fake_provider.push(Reply(prompt_tokens=0, completion_tokens=1000))
+    cg_upstream.push(Reply(prompt_tokens=0, completion_tokens=1000))
     response = await async_client.post(
-        CHAT, json={**BODY, "model": "tiny", "max_tokens": 1000}, headers=funded_user.headers
+        CHAT, json={**BODY, "model": "tiny", "max_tokens": 1000}, headers=cg_funded_user.headers
     )
     assert response.headers["X-Creditgate-Credits-Charged"] == expected
 
 
 async def test_increment_admin_rules_and_audit(
-    async_client: httpx.AsyncClient, funded_user: TestUser, admin_user: TestUser
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_admin_user: TestUser
 ) -> None:
     url = "/admin/settings/credit-increment"
-    assert (await async_client.get(url, headers=admin_user.headers)).json()["increment"] == "0.1"
-    assert (await async_client.put(url, json={"increment": "0.01"}, headers=funded_user.headers)).status_code == 403
-    bad = await async_client.put(url, json={"increment": "0.05"}, headers=admin_user.headers)
+    assert (await async_client.get(url, headers=cg_admin_user.headers)).json()["increment"] == "0.1"
+    assert (await async_client.put(url, json={"increment": "0.01"}, headers=cg_funded_user.headers)).status_code == 403
+    bad = await async_client.put(url, json={"increment": "0.05"}, headers=cg_admin_user.headers)
     assert bad.status_code == 422
     assert bad.json()["error"]["allowed"] == ["0.01", "0.1", "1.0"]
-    await async_client.put(url, json={"increment": "0.01"}, headers=admin_user.headers)
-    await async_client.put(url, json={"increment": "1.0"}, headers=admin_user.headers)
-    trail = (await async_client.get("/admin/audit", headers=admin_user.headers)).json()["data"]
+    await async_client.put(url, json={"increment": "0.01"}, headers=cg_admin_user.headers)
+    await async_client.put(url, json={"increment": "1.0"}, headers=cg_admin_user.headers)
+    trail = (await async_client.get("/admin/audit", headers=cg_admin_user.headers)).json()["data"]
     assert [(a["old_value"], a["new_value"], a["actor_user_id"]) for a in trail] == [
-        ("0.01", "1.0", admin_user.id),
-        (None, "0.01", admin_user.id),
+        ("0.01", "1.0", cg_admin_user.id),
+        (None, "0.01", cg_admin_user.id),
     ]
-    assert (await async_client.get("/admin/audit", headers=funded_user.headers)).status_code == 403
+    assert (await async_client.get("/admin/audit", headers=cg_funded_user.headers)).status_code == 403

@@ -19,14 +19,14 @@ async def test_index_and_health(async_client: httpx.AsyncClient) -> None:
     assert (await async_client.get("/health")).json() == {"status": "ok", "database": "connected", "redis": "disabled"}
 
 
-async def test_health_reports_redis(settings: Settings, app_factory_redis: str) -> None:
-    app = create_app(settings.model_copy(update={"redis_url": app_factory_redis}))
+async def test_health_reports_redis(cg_settings: Settings, app_factory_redis: str) -> None:
+    app = create_app(cg_settings.model_copy(update={"redis_url": app_factory_redis}))
     async with (
         LifespanManager(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
     ):
         assert (await c.get("/health")).json()["redis"] == "connected"
-    broken = create_app(settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}))
+    broken = create_app(cg_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}))
     async with (
         LifespanManager(broken),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=broken), base_url="http://t") as c,
@@ -41,14 +41,14 @@ def app_factory_redis(redis_service) -> str:  # type: ignore[no-untyped-def]
     return str(redis_service.url)
 
 
-async def test_health_is_503_when_the_database_is_gone(async_client: httpx.AsyncClient, runtime: Runtime) -> None:
-    healthy_engine = runtime.engine
-    runtime.engine = create_engine("postgresql+asyncpg://postgres@127.0.0.1:1/gone")  # nothing listens on port 1
+async def test_health_is_503_when_the_database_is_gone(async_client: httpx.AsyncClient, cg_runtime: Runtime) -> None:
+    healthy_engine = cg_runtime.engine
+    cg_runtime.engine = create_engine("postgresql+asyncpg://postgres@127.0.0.1:1/gone")  # nothing listens on port 1
     try:
         response = await async_client.get("/health")
     finally:
-        await runtime.engine.dispose()
-        runtime.engine = healthy_engine
+        await cg_runtime.engine.dispose()
+        cg_runtime.engine = healthy_engine
     assert response.status_code == 503
     assert response.json()["database"] == "error"
 

@@ -75,8 +75,8 @@ class StripeFakeError(Exception):
 class FakeStripe:
     """The fake's state; ``app`` is its ASGI app."""
 
-    def __init__(self, *, api_key: str = "sk_test_creditgate") -> None:
-        self.api_key = api_key
+    def __init__(self, *, api_key: str | None = "sk_test_creditgate") -> None:
+        self.api_key = api_key  # None: any test-mode secret key (``sk_test_…``) is accepted
         self.objects: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
@@ -349,5 +349,6 @@ class FakeStripe:
 
     def _authenticate(self, request: Request) -> None:
         header = request.headers.get("authorization", "")
-        if header != f"Bearer {self.api_key}":
+        expected = f"Bearer {self.api_key}" if self.api_key else "Bearer sk_test_"
+        if not (header == expected if self.api_key else header.startswith(expected)):
             raise StripeFakeError(401, "Invalid API Key provided.", type="invalid_request_error")

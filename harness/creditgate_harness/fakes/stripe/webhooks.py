@@ -25,14 +25,30 @@ def sign_payload(payload: bytes, *, secrets: Sequence[str], timestamp: int | Non
     return ",".join(parts)
 
 
+async def _nowhere(payload: bytes, headers: dict[str, str]) -> httpx.Response:
+    raise RuntimeError("no webhook target: use stripe_webhooks.to(async_client, '/your/webhook/path')")
+
+
 class StripeWebhooks:
     """Signs the fake's events and delivers them to the gateway, with ways to misbehave like Stripe does."""
 
-    def __init__(self, fake: FakeStripe, deliver: Deliver, *, secret: str) -> None:
+    def __init__(self, fake: FakeStripe, deliver: Deliver | None, *, secret: str) -> None:
         self.fake = fake
         self.secret = secret
-        self._deliver = deliver
+        self._deliver = deliver or _nowhere
         self._sent = 0
+
+    def to(self, target: httpx.AsyncClient | str, path: str = "") -> StripeWebhooks:
+        """Deliver to ``path`` on an httpx client (e.g. ``async_client``) or on a base URL from now on; returns self."""
+
+        async def deliver(payload: bytes, headers: dict[str, str]) -> httpx.Response:
+            if isinstance(target, str):
+                async with httpx.AsyncClient(timeout=30) as client:
+                    return await client.post(target + path, content=payload, headers=headers)
+            return await target.post(path, content=payload, headers=headers)
+
+        self._deliver = deliver
+        return self
 
     def pending(self) -> list[dict[str, Any]]:
         """Events the fake emitted that have not been delivered yet."""
