@@ -105,6 +105,7 @@ def create_app(
                     RedisCounter(redis) if redis is not None else MemoryCounter(),
                     load_plans(),
                     settings.default_plan,
+                    settings.redis_key_prefix,
                 ),
                 redis=redis,
                 stripe=build_client(settings),

@@ -18,6 +18,7 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./creditgate.db"
     redis_url: str | None = None
+    redis_key_prefix: str = Field(default="", description="prefix of every Redis key (several gateways on one Redis)")
     margin: Decimal = Field(default=Decimal("1.5"), gt=0, description="multiplier on vendor cost")
     credit_value_usd: Decimal = Field(default=Decimal("0.01"), gt=0, description="$ per credit")
     default_credit_increment: Decimal = Decimal("0.1")

@@ -107,7 +107,7 @@ def cg_catalog() -> Catalog:
 
 
 @pytest.fixture
-def cg_settings(request: pytest.FixtureRequest, database_url: str) -> Settings:
+def cg_settings(request: pytest.FixtureRequest, database_url: str, redis_prefix: str) -> Settings:
     """Gateway settings on this test's database; wired to ``fake_stripe``(``_server``), ``fake_oidc`` and
     ``notification_receiver`` when the test uses them."""
     extra: dict[str, Any] = {"telegram_bot_token": TELEGRAM_BOT_TOKEN, "lago_hmac_key": LAGO_HMAC_KEY}
@@ -124,6 +124,7 @@ def cg_settings(request: pytest.FixtureRequest, database_url: str) -> Settings:
     return Settings(
         _env_file=None,
         database_url=database_url,
+        redis_key_prefix=redis_prefix,
         sweep_interval_seconds=3600,
         upstream_timeout_seconds=5,
         byok_encryption_key=Fernet.generate_key().decode(),
@@ -237,12 +238,23 @@ def cg_upstream_server(cg_upstream: FakeProvider) -> Iterator[Fake[FakeProvider]
 
 @pytest.fixture
 def cg_live_server_factory(
-    database_url: str, cg_upstream_server: Fake[FakeProvider], live_server_factory: LiveServerFactory, tmp_path: Path
+    database_url: str,
+    redis_prefix: str,
+    cg_upstream_server: Fake[FakeProvider],
+    live_server_factory: LiveServerFactory,
+    tmp_path: Path,
 ) -> GatewayFactory:
     """``cg_live_server_factory(workers=2, env={…})``: a gateway in a subprocess on this test's database."""
     catalog_path = tmp_path / "catalog.json"
     catalog_path.write_text(catalog_for_tests(cg_upstream_server.url).model_dump_json())
-    base = gateway_env({"database_url": database_url, "catalog": catalog_path, "upstream_timeout_seconds": 10})
+    base = gateway_env(
+        {
+            "database_url": database_url,
+            "redis_key_prefix": redis_prefix,
+            "catalog": catalog_path,
+            "upstream_timeout_seconds": 10,
+        }
+    )
 
     def start(*, workers: int = 1, env: dict[str, str] | None = None) -> LiveServer:
         return live_server_factory(app=GATEWAY_APP, env={**base, **(env or {})}, workers=workers, ready_path="/health")

@@ -7,7 +7,7 @@ real ports. Each flow records its steps and balances for the report (``--flow-re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import httpx
@@ -50,10 +50,6 @@ async def balance(client: httpx.AsyncClient, user: TestUser) -> str:
     return str(response.json()["balance"])
 
 
-def quota_key(subject: str) -> str:
-    return f"quota:{subject}:{datetime.now(UTC):%Y%m}"
-
-
 async def test_individual_user_tops_up_spends_and_meets_the_quota(
     cg_flow: Flow,
     gateway: httpx.AsyncClient,
@@ -61,6 +57,7 @@ async def test_individual_user_tops_up_spends_and_meets_the_quota(
     fake_stripe_server: StripeFake,
     cg_upstream: FakeProvider,
     quota_redis: redis.Redis,
+    quota_key: Callable[[str], str],
 ) -> None:
     """Individual user: buys credits with Stripe, spends them, runs into the trial quota (429) and past its reset."""
     user = await cg_user_factory()
@@ -168,6 +165,7 @@ async def test_byok_costs_nothing_but_counts_against_the_quota(
     cg_user_factory: UserFactory,
     cg_upstream: FakeProvider,
     quota_redis: redis.Redis,
+    quota_key: Callable[[str], str],
 ) -> None:
     """BYOK: a user with 0 credits and their own provider key is served at 0 credits; the call still counts."""
     user = await cg_user_factory()

@@ -6,8 +6,7 @@ notification receiver each on a real port.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -62,6 +61,7 @@ async def test_keycloak_user_signs_in_tops_up_is_notified_spends_and_lago_change
     fake_stripe_server: StripeFake,
     notification_receiver: Fake[NotificationReceiver],
     quota_redis: redis.Redis,
+    quota_key: Callable[[str], str],
 ) -> None:
     """Keycloak sign-in → Stripe top-up → signed notification → spend with the JWT → Lago lifts the quota."""
     receiver, _ = notification_receiver.state, notification_receiver.url
@@ -105,7 +105,7 @@ async def test_keycloak_user_signs_in_tops_up_is_notified_spends_and_lago_change
         assert float(after) == pytest.approx(500 - float(spent.headers["X-Creditgate-Credits-Charged"]))
     cg_flow.balance("kate after one request", before="500.00", after=after)
     user_id = receiver.unique[payment["id"]]["user_id"]
-    key = f"quota:user:{user_id}:{datetime.now(UTC):%Y%m}"
+    key = quota_key(f"user:{user_id}")
     with cg_flow.step("on the trial plan (700 calls), the 701st call of the month is refused with 429"):
         await quota_redis.set(key, 700, keepttl=True)  # as if the month's 700 calls were made
         refused = await gateway.post(CHAT, json=BODY, headers=headers)

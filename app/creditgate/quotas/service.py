@@ -124,6 +124,7 @@ class Quotas:
     counter: Counter
     plans: dict[str, int | None]
     default_plan: str
+    key_prefix: str = ""
 
     async def plan_of(self, session: AsyncSession, subject: str) -> str:
         plan = await session.scalar(select(Subscription.plan).where(Subscription.subject == subject))
@@ -138,7 +139,7 @@ class Quotas:
             return None
         now = utcnow()
         reset = int(period_end(now).timestamp())
-        key = f"quota:{subject}:{now:%Y%m}"
+        key = f"{self.key_prefix}quota:{subject}:{now:%Y%m}"
         try:
             count, allowed = await self.counter.take(key, limit=limit, reset=reset)
         except Exception:  # Redis unreachable: fail open, the ledger still guards the money
