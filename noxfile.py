@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import nox
 
@@ -20,14 +22,17 @@ def install(session: nox.Session, *groups: str) -> None:
 
 
 def pytest(session: nox.Session, *args: str) -> None:
+    """pytest under pytest-cov with xdist (one process per core); subprocesses are measured too."""
     name = session.name
     session.run(
-        "coverage",
-        "run",
-        "-m",
         "pytest",
-        *args,
+        "-n",
+        os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "auto"),
+        "--cov",
+        "--cov-report=",
         f"--junitxml=reports/junit-{name}.xml",
+        "--durations=15",
+        *args,
         *session.posargs,
         env={"COVERAGE_FILE": f".coverage.{name}"},
     )
@@ -35,7 +40,7 @@ def pytest(session: nox.Session, *args: str) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
+    """ruff check and ruff format --check (this repo and examples/)."""
     session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
@@ -43,7 +48,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on app/ and harness/."""
+    """mypy --strict on creditgate and creditgate_harness."""
     install(session, "test", "lint")
     session.run("mypy")
 
@@ -57,7 +62,7 @@ def unit(session: nox.Session) -> None:
 
 @nox.session
 def contract(session: nox.Session) -> None:
-    """schemathesis against the OpenAPI schema (>= 1,000 cases) and the openai SDK as a client."""
+    """schemathesis against the OpenAPI schema (>= 1,000 cases), the SDKs as clients, fakes vs. the protocols."""
     install(session, "test")
     pytest(session, "suites/contract")
 
@@ -67,6 +72,25 @@ def e2e(session: nox.Session) -> None:
     """End-to-end flows on real Postgres with live uvicorn workers and fake providers on real ports."""
     install(session, "test")
     pytest(session, "suites/e2e", "--flow-report=reports/e2e-report.md")
+
+
+@nox.session(default=False)
+def tests(session: nox.Session) -> None:
+    """unit + contract + e2e in one xdist pool under coverage (what CI runs: one install, both cores busy)."""
+    install(session, "test")
+    pytest(session, "suites/unit", "suites/contract", "suites/e2e", "--flow-report=reports/e2e-report.md")
+
+
+@nox.session(default=False)
+def example(session: nox.Session) -> None:
+    """examples/wallet as a user would: a fresh venv, this repo installed with [harness], the project, pytest."""
+    venv = Path(session.create_tmp()) / "wallet-venv"
+    shutil.rmtree(venv, ignore_errors=True)
+    session.run("uv", "venv", "-q", str(venv), external=True)
+    python = str(venv / "bin" / "python")
+    session.run("uv", "pip", "install", "-q", "--python", python, ".[harness]", "-e", "examples/wallet", external=True)
+    with session.chdir("examples/wallet"):
+        session.run(python, "-m", "pytest", "-p", "no:cacheprovider", *session.posargs, external=True)
 
 
 @nox.session(default=False)
@@ -109,8 +133,8 @@ def coverage(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def ci(session: nox.Session) -> None:
-    """Everything CI gates on: lint, types, unit, contract, e2e, then coverage gates."""
+    """Everything CI gates on: lint, types, all suites under coverage, the coverage gates, the example project."""
     for stale in (f for f in os.listdir(".") if f.startswith(".coverage")):
         os.remove(stale)
-    for name in ("lint", "typecheck", "unit", "contract", "e2e", "coverage"):
+    for name in ("lint", "typecheck", "tests", "coverage", "example"):
         session.notify(name)
