@@ -6,11 +6,14 @@ Installed with ``pip install "creditgate[harness]"``; pytest loads it by itself.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from creditgate_harness.fixtures.services import in_ci
 from creditgate_harness.report import FlowReport
 from creditgate_harness.services.base import BACKENDS
 
@@ -66,9 +69,35 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getini("creditgate_fixtures"):
         config.addinivalue_line("markers", "no_audit: skip the ledger audit after this test")
         config.pluginmanager.import_plugin("creditgate_harness.gateway")
+    controller = not hasattr(config, "workerinput")  # the xdist controller, or a plain run
     report = config.getoption("flow_report")
-    if report and not hasattr(config, "workerinput"):  # the xdist controller (or a plain run) writes it
+    if report and controller:
         config.pluginmanager.register(FlowReport(Path(report)), "harness-flow-report")
+    if controller and in_ci():
+        config.pluginmanager.register(NothingChecked(), "harness-nothing-checked")
+
+
+class NothingChecked:
+    """Under CI=true, a run whose every test was skipped fails: it checked nothing."""
+
+    def __init__(self) -> None:
+        self.outcomes: Counter[str] = Counter()
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or report.outcome != "passed":
+            self.outcomes[report.outcome] += 1
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.outcomes["skipped"] and not (self.outcomes["passed"] or self.outcomes["failed"]):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.outcomes["skipped"] and not (self.outcomes["passed"] or self.outcomes["failed"]):
+            terminalreporter.write_line(
+                f"CI=true: all {self.outcomes['skipped']} tests were skipped, so nothing was checked (see the reasons)",
+                red=True,
+            )
 
 
 @pytest.hookimpl(wrapper=True)

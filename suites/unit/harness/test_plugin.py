@@ -229,3 +229,20 @@ def test_flow_report_lists_steps_results_and_balances(pytester: pytest.Pytester,
     assert "| 2 | second \\| breaks | FAIL: AssertionError(" in report
     assert "never reached" not in report
     assert "test_without_flow" not in report
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_a_ci_run_that_skipped_everything_fails(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str
+) -> None:
+    monkeypatch.setenv("CI", ci)
+    pytester.makepyfile(
+        "import pytest\n\ndef test_a():\n    pytest.skip('no server')\n\ndef test_b():\n    pytest.skip('no server')\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(skipped=2)
+    if ci:
+        assert result.ret == pytest.ExitCode.TESTS_FAILED
+        result.stdout.fnmatch_lines(["*CI=true: all 2 tests were skipped, so nothing was checked*"])
+    else:
+        assert result.ret == pytest.ExitCode.OK
