@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 import creditgate as app_pkg
-from creditgate import errors_http
+from creditgate import cache, errors_http
 from creditgate.admin.routes import router as admin_router
 from creditgate.auth.oidc import OidcVerifier
 from creditgate.billing.routes import router as billing_router
@@ -20,9 +20,10 @@ from creditgate.billing.stripe_client import build_client
 from creditgate.byok.routes import router as byok_router
 from creditgate.catalog.routes import router as catalog_router
 from creditgate.catalog.service import Catalog
-from creditgate.db.engine import create_engine, create_sessionmaker
+from creditgate.db.engine import create_engine, create_sessionmaker, is_sqlite
 from creditgate.db.migrate import current_revision, head_revision
 from creditgate.integrations.routes import router as integrations_router
+from creditgate.ledger.fast import PostgresLedger
 from creditgate.ledger.sweeper import run_forever
 from creditgate.llm.images import router as images_router
 from creditgate.llm.messages import router as messages_router
@@ -89,6 +90,10 @@ def create_app(
             # Identity providers and notification receivers: real HTTP, never the upstream transport.
             integrations = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
             redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+            caches = cache.Caches(settings.cache_seconds)
+            fast_ledger = None
+            if settings.fast_ledger and not is_sqlite(settings.database_url):
+                fast_ledger = await PostgresLedger.connect(settings.database_url, size=settings.db_pool_size)
             app.state.runtime = Runtime(
                 settings=settings,
                 engine=engine,
@@ -106,7 +111,10 @@ def create_app(
                     load_plans(),
                     settings.default_plan,
                     settings.redis_key_prefix,
+                    caches.plan,
                 ),
+                caches=caches,
+                fast_ledger=fast_ledger,
                 redis=redis,
                 stripe=build_client(settings),
                 oidc=OidcVerifier(settings, integrations) if settings.oidc_issuer else None,
@@ -119,6 +127,8 @@ def create_app(
             ]
             if settings.notify_webhook_url:
                 tasks.append(asyncio.create_task(deliver_forever(app.state.runtime)))
+            if not is_sqlite(settings.database_url):  # other workers' changes reach this one's caches
+                tasks.append(asyncio.create_task(cache.listen(settings.database_url)))
             try:
                 yield
             finally:
@@ -128,6 +138,8 @@ def create_app(
                         await task
                 await http.aclose()
                 await integrations.aclose()
+                if fast_ledger is not None:
+                    await fast_ledger.close_pool()
                 if redis is not None:
                     await redis.aclose()
         finally:

@@ -10,7 +10,9 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from creditgate.auth.oidc import OidcVerifier
+from creditgate.cache import Caches
 from creditgate.catalog.service import Catalog
+from creditgate.ledger.fast import PostgresLedger
 from creditgate.providers.router import ProviderPool
 from creditgate.quotas.service import Quotas
 from creditgate.settings import Settings
@@ -25,6 +27,8 @@ class Runtime:
     http: httpx.AsyncClient
     providers: ProviderPool
     quotas: Quotas
+    caches: Caches
+    fast_ledger: PostgresLedger | None = None  # Postgres: each money step in one round trip
     redis: Redis | None = None
     stripe: stripe.StripeClient | None = None
     oidc: OidcVerifier | None = None

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(default=4096, ge=1)
     demo: bool = False
     db_pool_size: int = Field(default=20, ge=1)
+    fast_ledger: bool = Field(default=True, description="Postgres: each money step as one SQL function call")
+    cache_seconds: float = Field(
+        default=5.0, ge=0, description="the most a cached key, plan, BYOK key or increment may lag a change (0: off)"
+    )
 
     breaker_threshold: int = Field(default=5, ge=1, description="consecutive failures that open a provider's circuit")
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)

@@ -4,16 +4,55 @@ The public API is what ``__all__`` lists; importing this package does not import
 serve ``creditgate serve --demo`` and the load runner.
 """
 
-from creditgate_harness.auditor import AuditReport, audit_url
-from creditgate_harness.fakes.modes import Fake, InProcess, serve
-from creditgate_harness.fakes.oidc import FakeOidcIssuer
-from creditgate_harness.fakes.providers import FakeProvider, Fault, RecordedCall, Reply
-from creditgate_harness.fakes.receiver import NotificationReceiver
-from creditgate_harness.fakes.stripe import FakeStripe, StripeWebhooks, sign_payload
-from creditgate_harness.servers import LiveServer, ThreadedServer, start_live_server
-from creditgate_harness.services import Service, ServiceUnavailable, start_postgres, start_redis
-from creditgate_harness.services.base import free_port, run_sync
-from creditgate_harness.wait import until
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_WHERE = {
+    "AuditReport": "creditgate_harness.auditor",
+    "Fake": "creditgate_harness.fakes.modes",
+    "FakeOidcIssuer": "creditgate_harness.fakes.oidc",
+    "FakeProvider": "creditgate_harness.fakes.providers",
+    "FakeStripe": "creditgate_harness.fakes.stripe",
+    "Fault": "creditgate_harness.fakes.providers",
+    "InProcess": "creditgate_harness.fakes.modes",
+    "LiveServer": "creditgate_harness.servers",
+    "NotificationReceiver": "creditgate_harness.fakes.receiver",
+    "RecordedCall": "creditgate_harness.fakes.providers",
+    "Reply": "creditgate_harness.fakes.providers",
+    "Service": "creditgate_harness.services",
+    "ServiceUnavailable": "creditgate_harness.services",
+    "StripeWebhooks": "creditgate_harness.fakes.stripe",
+    "ThreadedServer": "creditgate_harness.servers",
+    "audit_url": "creditgate_harness.auditor",
+    "free_port": "creditgate_harness.services.base",
+    "run_sync": "creditgate_harness.services.base",
+    "serve": "creditgate_harness.fakes.modes",
+    "sign_payload": "creditgate_harness.fakes.stripe",
+    "start_live_server": "creditgate_harness.servers",
+    "start_postgres": "creditgate_harness.services",
+    "start_redis": "creditgate_harness.services",
+    "until": "creditgate_harness.wait",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import on first use (PEP 562): pytest loads this package as a plugin before coverage starts."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'creditgate_harness' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)
+
+
+if TYPE_CHECKING:
+    from creditgate_harness.auditor import AuditReport, audit_url
+    from creditgate_harness.fakes.modes import Fake, InProcess, serve
+    from creditgate_harness.fakes.oidc import FakeOidcIssuer
+    from creditgate_harness.fakes.providers import FakeProvider, Fault, RecordedCall, Reply
+    from creditgate_harness.fakes.receiver import NotificationReceiver
+    from creditgate_harness.fakes.stripe import FakeStripe, StripeWebhooks, sign_payload
+    from creditgate_harness.servers import LiveServer, ThreadedServer, start_live_server
+    from creditgate_harness.services import Service, ServiceUnavailable, start_postgres, start_redis
+    from creditgate_harness.services.base import free_port, run_sync
+    from creditgate_harness.wait import until
 
 __all__ = [
     "AuditReport",

@@ -2,6 +2,9 @@
 
 Installed with ``pip install "creditgate[harness]"``; pytest loads it by itself. The creditgate layer
 (``cg_*`` fixtures, the ledger audit) loads only with ``creditgate_fixtures = true`` in the ini file.
+
+This module imports nothing of the harness or the gateway: the fixture modules load in ``pytest_configure``,
+after pytest-cov has started, so ``pytest --cov`` measures them (and the code they import) from their first line.
 """
 
 from __future__ import annotations
@@ -13,17 +16,13 @@ from typing import Any
 
 import pytest
 
-from creditgate_harness.fixtures.services import in_ci
-from creditgate_harness.report import FlowReport
-from creditgate_harness.services.base import BACKENDS
-
-pytest_plugins = [
+FIXTURE_MODULES = (
     "creditgate_harness.fixtures.services",
     "creditgate_harness.fixtures.database",
     "creditgate_harness.fixtures.asgi",
     "creditgate_harness.fixtures.fakes",
-]
-
+)
+BACKENDS = ("auto", "external", "docker", "local")  # creditgate_harness.services.base checks the same names
 DB_BACKENDS = ("sqlite", "postgres")
 
 
@@ -58,6 +57,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from creditgate_harness.fixtures.services import in_ci
+    from creditgate_harness.report import FlowReport
+
+    for module in FIXTURE_MODULES:
+        config.pluginmanager.import_plugin(module)
+    # fake_stripe switches the stripe SDK to its httpx client, which posts raw bytes with data= (stripe's, not yours).
+    config.addinivalue_line("filterwarnings", "ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
     db = config.getoption("harness_db") or config.getini("harness_db")
     if db not in DB_BACKENDS:
         raise pytest.UsageError(f"harness_db = {db!r}: set it to one of {', '.join(DB_BACKENDS)} in your ini file")

@@ -74,7 +74,7 @@ def start_live_server(
     workers: int = 1,
     port: int | None = None,
     ready_path: str = "/",
-    timeout: float = 45,
+    timeout: float = 120,
 ) -> LiveServer:
     """Run ``app`` (``"pkg.module:app"``, or ``"pkg.module:factory()"``) under uvicorn; return once it answers.
 

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from creditgate.auth import service as auth
 from creditgate.auth.deps import AdminDep, RuntimeDep
+from creditgate.cache import changed
 from creditgate.catalog import pricing
 from creditgate.db.models import MAX_ID, AdminAudit, AppSetting, utcnow
 from creditgate.errors import InvalidRequest, NotFound
@@ -154,6 +155,7 @@ async def put_increment(body: IncrementIn, admin: AdminDep, rt: RuntimeDep) -> I
         session.add(
             AdminAudit(actor_user_id=admin.user_id, key=pricing.INCREMENT_KEY, old_value=old, new_value=str(value))
         )
+        await changed(session, "increment")
     return IncrementOut(increment=str(value), allowed=_ALLOWED)
 
 

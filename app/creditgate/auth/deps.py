@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from creditgate.auth.oidc import looks_like_jwt
-from creditgate.auth.service import Principal, authenticate
+from creditgate.auth.service import Principal, authenticate_cached
 from creditgate.errors import AuthenticationFailed, PermissionDenied
 from creditgate.runtime import Runtime
 
@@ -41,8 +41,7 @@ async def get_principal(
     if rt.oidc is not None and looks_like_jwt(token):
         async with rt.sessionmaker.begin() as session:  # may provision the user on first sign-in
             return await rt.oidc.principal(session, token)
-    async with rt.sessionmaker() as session:
-        principal = await authenticate(session, token)
+    principal = await authenticate_cached(rt.caches, rt.sessionmaker, token)
     if principal is None:
         raise AuthenticationFailed("invalid API key")
     return principal

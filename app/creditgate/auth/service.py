@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
+from creditgate.cache import Caches
 from creditgate.db.models import Account, ApiKey, Membership, User, utcnow
 from creditgate.errors import Conflict
 from creditgate.ledger import service as ledger
@@ -78,7 +79,33 @@ async def find_user(session: AsyncSession, *, email: str) -> User | None:
 
 
 async def authenticate(session: AsyncSession, key: str) -> Principal | None:
-    """The principal behind an API key, or ``None`` for an unknown or revoked key (one query)."""
+    """The principal behind an API key, or ``None`` for an unknown, revoked or expired key (one query)."""
+    found = await _lookup(session, hash_key(key))
+    return found[0] if found is not None and _valid(found[1]) else None
+
+
+async def authenticate_cached(
+    caches: Caches, sessionmaker: async_sessionmaker[AsyncSession], key: str
+) -> Principal | None:
+    """``authenticate`` through the principal cache (a key's expiry is still checked on every use)."""
+    digest = hash_key(key)
+    found: tuple[Principal, datetime | None] | None = caches.principal.get(digest)
+    if found is None:
+        async with sessionmaker() as session:
+            found = await _lookup(session, digest)
+        if found is None:
+            return None
+        caches.principal.put(digest, found)
+    return found[0] if _valid(found[1]) else None
+
+
+def _valid(expires_at: datetime | None) -> bool:
+    if expires_at is None:
+        return True
+    return (expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=UTC)) > utcnow()
+
+
+async def _lookup(session: AsyncSession, digest: str) -> tuple[Principal, datetime | None] | None:
     org_account = aliased(Account)
     row = (
         await session.execute(
@@ -91,25 +118,23 @@ async def authenticate(session: AsyncSession, key: str) -> Principal | None:
                 Membership.org_id,
                 Membership.role,
                 org_account.id.label("org_account"),
+                ApiKey.expires_at,
             )
             .join(ApiKey, ApiKey.user_id == User.id)
             .join(Account, Account.user_id == User.id)
             .outerjoin(Membership, Membership.user_id == User.id)
             .outerjoin(org_account, org_account.org_id == Membership.org_id)
-            .where(
-                ApiKey.key_hash == hash_key(key),
-                ApiKey.revoked_at.is_(None),
-                ApiKey.expires_at.is_(None) | (ApiKey.expires_at > utcnow()),
-            )
+            .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
         )
     ).one_or_none()
     if row is None:
         return None
     if row.membership_id is None:
-        return Principal(row.id, row.email, row.account_id, row.is_admin, row.account_id)
-    return Principal(
+        return Principal(row.id, row.email, row.account_id, row.is_admin, row.account_id), row.expires_at
+    principal = Principal(
         row.id, row.email, row.org_account, row.is_admin, row.account_id, row.org_id, row.membership_id, row.role
     )
+    return principal, row.expires_at
 
 
 async def principal_for(

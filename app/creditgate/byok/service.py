@@ -6,6 +6,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from creditgate.cache import changed
 from creditgate.catalog.service import Catalog
 from creditgate.db.models import ProviderKey
 from creditgate.errors import InvalidRequest, NotFound, ServiceUnavailable
@@ -34,6 +35,7 @@ async def store(
     else:
         row.encrypted_key, row.last4 = token, key[-4:]
     await session.flush()
+    await changed(session, "byok", user_id)
     return row
 
 
@@ -49,6 +51,7 @@ async def remove(session: AsyncSession, *, user_id: int, provider: str) -> None:
     )
     if not result.rowcount:  # type: ignore[attr-defined]
         raise NotFound(f"no key stored for provider {provider!r}")
+    await changed(session, "byok", user_id)
 
 
 async def keys_for(session: AsyncSession, *, user_id: int, settings: Settings) -> dict[str, str]:

@@ -278,7 +278,12 @@ async def _close(session: AsyncSession, *, hold_id: int, status: str, charge: in
 async def _give_back(
     session: AsyncSession, closed: _Closed, *, hold_id: int, user_id: int | None, description: str | None = None
 ) -> int:
-    """Return the hold to the balance and debit what it was charged: one UPDATE, one INSERT."""
+    """Return the hold to the balance and debit what it was charged: one UPDATE, one INSERT.
+
+    Locks the member's allocation before the account, the order ``place_hold`` takes them in (else two
+    requests of one org member deadlock: found by the chaos load run).
+    """
+    await _adjust_allocation(session, closed.membership_id, -(closed.amount - closed.charged))
     new_balance = await _move(session, account_id=closed.account_id, delta=closed.amount - closed.charged)
     assert new_balance is not None, "a credit never fails the funds check"
     common = {"account_id": closed.account_id, "hold_id": hold_id, "user_id": user_id}
@@ -296,7 +301,6 @@ async def _give_back(
             }
         )
     await _append(session, *rows)
-    await _adjust_allocation(session, closed.membership_id, -(closed.amount - closed.charged))
     return new_balance
 
 
@@ -326,6 +330,8 @@ async def settle_hold(
     if row.status != "expired":
         raise Conflict(f"hold {hold_id} is already {row.status}")
     # The sweeper released this hold before the request finished. Charge what the balance allows.
+    if row.membership_id is not None:  # lock order: allocation, then account (as place_hold)
+        await session.execute(select(Membership.id).where(Membership.id == row.membership_id).with_for_update())
     current = await session.scalar(select(Account.balance).where(Account.id == row.account_id).with_for_update())
     late_units = min(wanted, row.amount, current or 0)
     await session.execute(update(Hold).where(Hold.id == hold_id).values(charged=late_units))

@@ -27,7 +27,8 @@ from creditgate.catalog.service import ModelConfig
 from creditgate.db.models import UsageRecord, utcnow
 from creditgate.errors import InsufficientCredits
 from creditgate.ledger import service as ledger
-from creditgate.money import to_hundredths
+from creditgate.ledger.fast import Usage
+from creditgate.money import from_hundredths, to_hundredths
 from creditgate.notifications.outbox import crossed_below, notify_account
 from creditgate.providers.router import UpstreamStream
 from creditgate.quotas.service import Admission
@@ -85,25 +86,49 @@ class Meter:
         admission: Admission | None = None
         try:
             async with rt.sessionmaker.begin() as session:
-                user_keys = await keys_for(session, user_id=principal.user_id, settings=rt.settings)
+                user_keys = rt.caches.byok.get(str(principal.user_id))
+                if user_keys is None:
+                    all_keys = await keys_for(session, user_id=principal.user_id, settings=rt.settings)
+                    user_keys = rt.caches.byok.put(str(principal.user_id), all_keys)
                 user_keys = {p.provider: user_keys[p.provider] for p in model.providers if p.provider in user_keys}
                 admission = await rt.quotas.admit(session, principal.quota_subject)
-                if admission is not None and (crossed := admission.crossed()) is not None:
+                crossed = admission.crossed() if admission is not None else None
+                if admission is not None and crossed is not None:
                     await notify_account(
                         session,
                         account_id=principal.account_id,
                         type=crossed,
                         data={"subject": principal.quota_subject, "calls": admission.count, "limit": admission.limit},
                     )
-                increment = await pricing.current_increment(session, default=rt.settings.default_credit_increment)
+                increment = rt.caches.increment.get("")
+                if increment is None:
+                    default = rt.settings.default_credit_increment
+                    increment = rt.caches.increment.put("", await pricing.current_increment(session, default=default))
                 meter = cls(rt, principal, model, increment, prompt_estimate, user_keys=user_keys)
                 if not meter.byok:
                     worst = meter.price(prompt_tokens=prompt_estimate, completion_tokens=max_tokens, images=images)
-                    meter.hold_id = await meter._hold(session, worst, images=images)
+                    # One round trip on Postgres, unless a notification must commit with the hold.
+                    if rt.fast_ledger is not None and crossed is None:
+                        meter.hold_id = await meter._fast_hold(worst)
+                    if meter.hold_id is None:
+                        meter.hold_id = await meter._hold(session, worst, images=images)
             return meter
         except BaseException:
             await rt.quotas.give_back(admission)  # refused for credits: the call does not count
             raise
+
+    async def _fast_hold(self, worst: Decimal) -> int | None:
+        """The hold through ``creditgate_hold``; ``None`` when refused (the ORM path then says why)."""
+        assert self.rt.fast_ledger is not None
+        held = await self.rt.fast_ledger.hold(
+            account_id=self.principal.account_id,
+            units=to_hundredths(worst),
+            request_id=self.request_id,
+            ttl_seconds=float(self.rt.settings.hold_ttl_seconds),
+            membership_id=self.principal.membership_id,
+            user_id=self.principal.user_id,
+        )
+        return None if held is None else held[0]
 
     async def _hold(self, session: AsyncSession, worst: Decimal, *, images: int) -> int:
         rt, principal = self.rt, self.principal
@@ -144,6 +169,29 @@ class Meter:
             return ZERO
         self.closed = True
         with anyio.CancelScope(shield=True):
+            if self.rt.fast_ledger is not None and self.hold_id is not None:
+                usage = Usage(
+                    self.request_id,
+                    self.model.id,
+                    provider,
+                    prompt_tokens,
+                    completion_tokens,
+                    latency_ms,
+                    outcome,
+                    self.byok,
+                )
+                closed = await self.rt.fast_ledger.close(
+                    hold_id=self.hold_id,
+                    status="settled",
+                    charge=to_hundredths(charge),
+                    description=f"{self.model.id} via {provider}",
+                    user_id=self.principal.user_id,
+                    usage=usage,
+                )
+                if closed is not None:
+                    charged, balance = from_hundredths(closed[0]), from_hundredths(closed[1])
+                    await self._notify_low_balance(before=balance + charged, after=balance)
+                    return charged
             async with self.rt.sessionmaker() as session, session.begin():
                 charged = ZERO
                 if self.hold_id is not None:
@@ -210,12 +258,36 @@ class Meter:
         self.closed = True
         with anyio.CancelScope(shield=True):
             try:
+                if self.rt.fast_ledger is not None and self.hold_id is not None:
+                    usage = Usage(self.request_id, self.model.id, provider, 0, 0, 0, outcome, self.byok)
+                    closed = await self.rt.fast_ledger.close(
+                        hold_id=self.hold_id,
+                        status="released",
+                        charge=0,
+                        description=None,
+                        user_id=self.principal.user_id,
+                        usage=usage,
+                    )
+                    if closed is not None:
+                        return
                 async with self.rt.sessionmaker() as session, session.begin():
                     if self.hold_id is not None:
                         await ledger.release_hold(session, hold_id=self.hold_id, user_id=self.principal.user_id)
                     await session.execute(insert(UsageRecord), [self._usage(provider, 0, 0, ZERO, 0, outcome)])
             except Exception:  # the sweeper releases it at expiry
                 log.exception("could not release hold %s; the sweeper will", self.hold_id)
+
+    async def _notify_low_balance(self, *, before: Decimal, after: Decimal) -> None:
+        """After a one-round-trip settle: the low-balance notice in a short transaction of its own (rare)."""
+        threshold = self.rt.settings.notify_low_balance
+        if crossed_below(threshold, before=before, after=after):
+            async with self.rt.sessionmaker.begin() as session:
+                await notify_account(
+                    session,
+                    account_id=self.principal.account_id,
+                    type="low_balance",
+                    data={"balance": str(after), "threshold": str(threshold)},
+                )
 
     def _usage(
         self, provider: str | None, prompt: int, completion: int, charged: Decimal, latency_ms: int, outcome: str

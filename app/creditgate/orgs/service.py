@@ -9,6 +9,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from creditgate.auth.service import Principal
+from creditgate.cache import changed
 from creditgate.db.models import Account, Hold, Membership, Org, User
 from creditgate.errors import Conflict, NotFound, PermissionDenied
 from creditgate.ledger import service as ledger
@@ -48,6 +49,7 @@ async def create(session: AsyncSession, *, name: str, creator: Principal) -> Org
     session.add(Account(org_id=org.id, balance=0))
     session.add(Membership(org_id=org.id, user_id=creator.user_id, role="admin", allocation=0, used=0))
     await session.flush()
+    await changed(session, "principal")
     return org
 
 
@@ -101,6 +103,7 @@ async def add_member(
     membership = Membership(org_id=org_id, user_id=user_id, role=role, allocation=to_hundredths(allocation), used=0)
     session.add(membership)
     await session.flush()
+    await changed(session, "principal")
     return membership
 
 
@@ -130,3 +133,4 @@ async def remove_member(session: AsyncSession, *, org_id: int, user_id: int) -> 
     await session.execute(update(Hold).where(Hold.membership_id == membership.id).values(membership_id=None))
     await session.delete(membership)
     await session.flush()
+    await changed(session, "principal")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from creditgate.cache import TTLCache, changed
 from creditgate.db.models import Subscription, utcnow
 from creditgate.errors import GatewayError, InvalidRequest
 
@@ -125,10 +126,13 @@ class Quotas:
     plans: dict[str, int | None]
     default_plan: str
     key_prefix: str = ""
+    plan_cache: TTLCache[str] = field(default_factory=lambda: TTLCache(0))
 
     async def plan_of(self, session: AsyncSession, subject: str) -> str:
+        if (cached := self.plan_cache.get(subject)) is not None:
+            return cached
         plan = await session.scalar(select(Subscription.plan).where(Subscription.subject == subject))
-        return plan if plan in self.plans else self.default_plan
+        return self.plan_cache.put(subject, plan if plan in self.plans else self.default_plan)
 
     async def admit(self, session: AsyncSession, subject: str) -> Admission | None:
         """Count one call for ``subject``; ``QuotaExceeded`` (429) past its plan. ``None`` when not counted
@@ -174,6 +178,7 @@ async def set_plan(
 ) -> None:
     """Put ``subject`` on ``plan`` (``None`` removes the subscription: back to the default plan)."""
     row = await session.scalar(select(Subscription).where(Subscription.subject == subject))
+    await changed(session, "plan", subject)
     if plan is None:
         if row is not None:
             await session.delete(row)

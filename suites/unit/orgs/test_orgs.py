@@ -152,3 +152,27 @@ async def test_concurrent_members_cannot_overdraw_org_or_allocation(
     seats = [m for m in org["members"] if m["role"] == "member"]
     assert all(Decimal(m["used"]) <= Decimal("0.80") for m in seats)
     assert Decimal(org["balance"]) == Decimal(org_credits) - sum(Decimal(m["used"]) for m in seats)
+
+
+@pytest.mark.critical
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_one_members_overlapping_requests_never_deadlock(
+    async_client: httpx.AsyncClient, cg_user_factory: UserFactory, cg_admin_user: TestUser, cg_upstream: FakeProvider
+) -> None:
+    """Holds and settles of one member interleave: both lock the allocation before the org's balance.
+
+    Before, a settle locked the balance first and Postgres broke the cycle by failing one request with a 500
+    (found by the chaos load run).
+    """
+    owner, member = await cg_user_factory(), await cg_user_factory()
+    org_id = await make_org(async_client, owner, cg_admin_user, "10000")
+    added = await async_client.post(
+        f"/orgs/{org_id}/members", json={"email": member.email, "allocation": "1000"}, headers=owner.headers
+    )
+    assert added.status_code == 201
+    cg_upstream.default = Reply(prompt_tokens=10, completion_tokens=10)
+    for _ in range(3):
+        responses = await asyncio.gather(
+            *(async_client.post(CHAT, json=chat(max_tokens=50), headers=member.headers) for _ in range(30))
+        )
+        assert [r.status_code for r in responses] == [200] * 30, {r.status_code: r.text for r in responses}
