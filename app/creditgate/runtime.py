@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from creditgate.auth.oidc import OidcVerifier
 from creditgate.catalog.service import Catalog
-from creditgate.providers.router import ProviderPool
+from creditgate.providers.pool import ProviderPool
 from creditgate.quotas.service import Quotas
 from creditgate.settings import Settings
 

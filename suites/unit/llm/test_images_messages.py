@@ -49,11 +49,12 @@ async def test_images_charged_per_image(
     "body",
     [{"prompt": "x", "size": "13x13"}, {"prompt": "x", "n": 9}, {"prompt": ""}, {"prompt": "x", "model": "test-model"}],
 )
-async def test_bad_image_requests_are_422(
+async def test_bad_image_requests_are_400(
     async_client: httpx.AsyncClient, cg_funded_user: TestUser, body: dict[str, object]
 ) -> None:
     response = await async_client.post(IMAGES, json=body, headers=cg_funded_user.headers)
-    assert response.status_code == 422
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
     assert (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"] == "1000.00"
 
 
@@ -117,9 +118,14 @@ async def test_messages_stream_parses_in_the_anthropic_sdk(
     assert (charged["prompt_tokens"], charged["completion_tokens"]) == (10, 3)
 
 
-async def test_messages_bad_input_is_422(async_client: httpx.AsyncClient, cg_funded_user: TestUser) -> None:
+async def test_messages_bad_input_is_400_in_anthropics_envelope(
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser
+) -> None:
     for body in (
         {"model": "test-model", "messages": [{"role": "user", "content": "x"}]},
         {"model": "test-model", "max_tokens": 10, "messages": [{"role": "system", "content": "x"}]},
     ):
-        assert (await async_client.post("/v1/messages", json=body, headers=cg_funded_user.headers)).status_code == 422
+        response = await async_client.post("/v1/messages", json=body, headers=cg_funded_user.headers)
+        assert response.status_code == 400
+        assert response.json()["type"] == "error"
+        assert response.json()["error"]["type"] == "invalid_request_error"
