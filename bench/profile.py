@@ -26,7 +26,7 @@ from sqlalchemy import text
 import creditgate.auth.deps as deps
 import creditgate.ledger.service as ledger
 import creditgate.llm.metering as metering
-import creditgate.providers.router as router
+import creditgate.providers.pool as pool
 from bench.common import fake_upstream, postgres_database
 from bench.overhead import BODY, _key
 from creditgate.db.engine import create_engine, create_sessionmaker
@@ -55,7 +55,7 @@ ORDER = (
     "auth (API key → principal)",
     "Meter.open (keys, quota, hold)",
     "  of which place_hold",
-    "upstream call (post_json)",
+    "upstream call (pool.complete)",
     "Meter.settle (settle + usage)",
     "  of which settle_hold",
 )
@@ -70,8 +70,8 @@ def instrument() -> None:
     metering.Meter.settle = _timed("Meter.settle (settle + usage)", metering.Meter.settle)  # type: ignore[method-assign]
     ledger.place_hold = _timed("  of which place_hold", ledger.place_hold)
     ledger.settle_hold = _timed("  of which settle_hold", ledger.settle_hold)
-    post = router.ProviderPool.post_json
-    router.ProviderPool.post_json = _timed("upstream call (post_json)", post)  # type: ignore[method-assign]
+    complete = pool.ProviderPool.complete
+    pool.ProviderPool.complete = _timed("upstream call (pool.complete)", complete)  # type: ignore[method-assign]
 
 
 async def stages(url: str, fake_url: str, requests: int) -> None:

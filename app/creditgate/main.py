@@ -27,11 +27,12 @@ from creditgate.ledger.fast import PostgresLedger
 from creditgate.ledger.sweeper import run_forever
 from creditgate.llm.images import router as images_router
 from creditgate.llm.messages import router as messages_router
+from creditgate.llm.models import router as models_router
 from creditgate.llm.routes import router as llm_router
 from creditgate.notifications.delivery import deliver_forever
 from creditgate.notifications.routes import router as notifications_router
 from creditgate.orgs.routes import router as orgs_router
-from creditgate.providers.router import ProviderPool
+from creditgate.providers.pool import ProviderPool
 from creditgate.quotas.service import MemoryCounter, Quotas, RedisCounter, load_plans
 from creditgate.runtime import Runtime
 from creditgate.settings import Settings
@@ -160,6 +161,7 @@ def create_app(
         orgs_router,
         llm_router,
         messages_router,
+        models_router,
         images_router,
         billing_router,
         admin_router,

@@ -13,7 +13,7 @@ from creditgate.auth.oidc import OidcVerifier
 from creditgate.cache import Caches
 from creditgate.catalog.service import Catalog
 from creditgate.ledger.fast import PostgresLedger
-from creditgate.providers.router import ProviderPool
+from creditgate.providers.pool import ProviderPool
 from creditgate.quotas.service import Quotas
 from creditgate.settings import Settings
 

@@ -1,7 +1,11 @@
-"""One real gateway for the contract module: uvicorn in a subprocess, SQLite, the fake provider on a port."""
+"""One real gateway for the contract module: uvicorn in a subprocess, SQLite, the fake provider on a port.
+
+Its catalog is the test catalog plus ``claude-native``, served by the same fake speaking Anthropic's protocol.
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -11,6 +15,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from creditgate.auth import service as auth
+from creditgate.catalog.service import Catalog, ModelConfig, ModelRoute, ProviderConfig
 from creditgate.db.engine import create_engine, create_sessionmaker
 from creditgate_harness.auditor import audit_url
 from creditgate_harness.catalog import catalog_for_tests
@@ -28,6 +33,35 @@ class ContractGateway:
     database_url: str
     admin_key: str
     user_key: str
+    catalog: Catalog
+
+    def new_key(self, credits: Decimal | int | str) -> str:
+        """A new user with ``credits``; returns their API key."""
+        return run_sync(_new_key(self.database_url, Decimal(credits)))
+
+
+async def _new_key(url: str, credits: Decimal) -> str:
+    engine = create_engine(url)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            user, _ = await auth.create_user(session, email=f"{uuid.uuid4().hex[:12]}@contract.test", credits=credits)
+            return await auth.issue_key(session, user_id=user.id)
+    finally:
+        await engine.dispose()
+
+
+def contract_catalog(fake_url: str) -> Catalog:
+    """The test catalog on the fake, plus ``claude-native`` on the same fake as an Anthropic-style provider."""
+    base = catalog_for_tests(f"{fake_url}/v1")
+    native = ProviderConfig(name="fake-anthropic", kind="anthropic", base_url=f"{fake_url}/v1", api_key="ak-fake")
+    claude = ModelConfig(
+        id="claude-native",
+        owned_by="anthropic",
+        input_per_1k=Decimal("0.003"),
+        output_per_1k=Decimal("0.015"),
+        providers=(ModelRoute(provider="fake-anthropic", model="claude-x"),),
+    )
+    return Catalog(providers=(*base.providers, native), models=(*base.models, claude))
 
 
 async def _keys(url: str) -> tuple[str, str]:
@@ -52,11 +86,12 @@ def contract_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contr
     admin_key, user_key = run_sync(_keys(url))
     fake = ThreadedServer(FakeProvider().app).start()
     stripe = ThreadedServer(FakeStripe(api_key="sk_test_contract").app).start()
-    catalog = Path(root / "catalog.json")
-    catalog.write_text(catalog_for_tests(f"{fake.url}/v1").model_dump_json())
+    catalog = contract_catalog(fake.url)
+    catalog_path = Path(root / "catalog.json")
+    catalog_path.write_text(catalog.model_dump_json())
     env = {
         "CREDITGATE_DATABASE_URL": url,
-        "CREDITGATE_CATALOG": str(catalog),
+        "CREDITGATE_CATALOG": str(catalog_path),
         "CREDITGATE_STRIPE_SECRET_KEY": "sk_test_contract",
         "CREDITGATE_STRIPE_WEBHOOK_SECRET": "whsec_contract",
         "CREDITGATE_STRIPE_API_BASE": stripe.url,
@@ -67,7 +102,7 @@ def contract_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Contr
     }
     server = start_gateway(env=env, log_path=root / "gateway.log")
     try:
-        yield ContractGateway(server, url, admin_key, user_key)
+        yield ContractGateway(server, url, admin_key, user_key, catalog)
     finally:
         server.stop()
         fake.stop()

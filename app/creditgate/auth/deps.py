@@ -1,4 +1,8 @@
-"""The one FastAPI dependency that turns a bearer token into a ``Principal`` (401/403 rules)."""
+"""The one FastAPI dependency that turns an API key into a ``Principal`` (401/403 rules).
+
+The key comes as ``Authorization: Bearer <key>`` (OpenAI's convention) or ``x-api-key: <key>``
+(Anthropic's); Bearer wins when both are sent.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from creditgate.auth.oidc import looks_like_jwt
@@ -18,6 +22,9 @@ _bearer = HTTPBearer(
     auto_error=False,
     description="An API key (`creditgate create-key`, or from /auth/telegram/exchange) or, when an OIDC issuer "
     "is configured, an access token (JWT) from it.",
+)
+_x_api_key = APIKeyHeader(
+    name="x-api-key", auto_error=False, description="The same API key, the way Anthropic's clients send it."
 )
 
 
@@ -34,16 +41,19 @@ async def get_session(rt: Annotated[Runtime, Depends(get_runtime)]) -> AsyncIter
 async def get_principal(
     rt: Annotated[Runtime, Depends(get_runtime)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_x_api_key)],
 ) -> Principal:
-    if credentials is None or not credentials.credentials:
-        raise AuthenticationFailed("missing API key: send Authorization: Bearer <key>")
-    token = credentials.credentials
+    token = credentials.credentials if credentials is not None else api_key
+    if not token:
+        raise AuthenticationFailed(
+            "missing API key: send Authorization: Bearer <key> or x-api-key: <key>", code="missing_api_key"
+        )
     if rt.oidc is not None and looks_like_jwt(token):
         async with rt.sessionmaker.begin() as session:  # may provision the user on first sign-in
             return await rt.oidc.principal(session, token)
     principal = await authenticate_cached(rt.caches, rt.sessionmaker, token)
     if principal is None:
-        raise AuthenticationFailed("invalid API key")
+        raise AuthenticationFailed("invalid API key", code="invalid_api_key")
     return principal
 
 

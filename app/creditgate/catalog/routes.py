@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from creditgate.auth.deps import RuntimeDep
+from creditgate.catalog.service import ModelConfig
 
 router = APIRouter(prefix="/catalog", tags=["catalog"])
 
 
 class ModelPricing(BaseModel):
-    input_per_1k_usd: str
-    output_per_1k_usd: str
+    """USD prices as decimal strings: per 1,000 tokens for chat models, per image for image models."""
+
+    input_per_1k_usd: str | None = None
+    output_per_1k_usd: str | None = None
+    per_image_usd: str | None = None
 
 
 class ModelInfo(BaseModel):
@@ -23,6 +27,7 @@ class ModelInfo(BaseModel):
     default_max_tokens: int
     max_output_tokens: int
     providers: list[str]
+    image_sizes: list[str] | None = Field(default=None, description="the sizes an image model generates")
 
 
 class ModelList(BaseModel):
@@ -42,18 +47,26 @@ class ProviderList(BaseModel):
     data: list[ProviderInfo]
 
 
-@router.get("/models", response_model=ModelList)
+def _pricing(model: ModelConfig) -> ModelPricing:
+    if model.per_image is not None:
+        return ModelPricing(per_image_usd=str(model.per_image))
+    return ModelPricing(input_per_1k_usd=str(model.input_per_1k), output_per_1k_usd=str(model.output_per_1k))
+
+
+@router.get("/models", response_model=ModelList, response_model_exclude_none=True)
 async def models(rt: RuntimeDep) -> ModelList:
-    """Every model with its USD prices per 1,000 tokens and its providers in failover order."""
+    """Every model with its USD prices (per 1,000 tokens, or per image and its sizes) and its providers in
+    failover order."""
     return ModelList(
         data=[
             ModelInfo(
                 id=m.id,
                 owned_by=m.owned_by,
-                pricing=ModelPricing(input_per_1k_usd=str(m.input_per_1k), output_per_1k_usd=str(m.output_per_1k)),
+                pricing=_pricing(m),
                 default_max_tokens=m.default_max_tokens,
                 max_output_tokens=m.max_output_tokens,
                 providers=[r.provider for r in m.providers],
+                image_sizes=list(m.image_sizes) if m.per_image is not None else None,
             )
             for m in rt.catalog.models
         ]

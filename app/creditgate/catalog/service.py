@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -17,7 +18,7 @@ class ProviderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    kind: str = "openai"
+    kind: Literal["openai", "anthropic"] = "openai"  # the wire protocol (providers/<kind>.py)
     base_url: str
     api_key_env: str | None = None
     api_key: str | None = Field(default=None, repr=False)

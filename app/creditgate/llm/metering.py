@@ -30,7 +30,6 @@ from creditgate.ledger import service as ledger
 from creditgate.ledger.fast import Usage
 from creditgate.money import from_hundredths, to_hundredths
 from creditgate.notifications.outbox import crossed_below, notify_account
-from creditgate.providers.router import UpstreamStream
 from creditgate.quotas.service import Admission
 from creditgate.runtime import Runtime
 
@@ -49,6 +48,7 @@ class Meter:
     user_keys: dict[str, str] = field(default_factory=dict)  # the caller's own provider keys (BYOK)
     hold_id: int | None = None
     closed: bool = False
+    admission: Admission | None = None  # the quota call this request counted (rate-limit headers)
 
     @property
     def byok(self) -> bool:
@@ -104,7 +104,7 @@ class Meter:
                 if increment is None:
                     default = rt.settings.default_credit_increment
                     increment = rt.caches.increment.put("", await pricing.current_increment(session, default=default))
-                meter = cls(rt, principal, model, increment, prompt_estimate, user_keys=user_keys)
+                meter = cls(rt, principal, model, increment, prompt_estimate, user_keys=user_keys, admission=admission)
                 if not meter.byok:
                     worst = meter.price(prompt_tokens=prompt_estimate, completion_tokens=max_tokens, images=images)
                     # One round trip on Postgres, unless a notification must commit with the hold.
@@ -216,40 +216,6 @@ class Meter:
                     [self._usage(provider, prompt_tokens, completion_tokens, charged, latency_ms, outcome)],
                 )
         return charged
-
-    async def open_stream(self, payload: dict[str, Any], *, user_keys: dict[str, str]) -> UpstreamStream:
-        """Open the upstream chat stream (failover happens before the first byte); release the hold if none opens."""
-        try:
-            return await self.rt.providers.open_stream(
-                model=self.model,
-                path="/chat/completions",
-                payload=payload,
-                timeout=self.rt.settings.upstream_timeout_seconds,
-                user_keys=user_keys,
-            )
-        except BaseException:
-            await self.release()
-            raise
-
-    async def settle_stream(
-        self, *, usage: dict[str, int] | None, delivered: list[str], provider: str, latency_ms: int, outcome: str
-    ) -> Decimal:
-        """The streaming rule: the usage chunk if one came; else the prompt estimate plus the text delivered;
-        nothing if no text was delivered."""
-        if usage is not None:
-            prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-        elif delivered:
-            prompt, completion = self.prompt_estimate, pricing.estimate_prompt_tokens(["".join(delivered)])
-        else:
-            prompt, completion = 0, 0
-        return await self.settle(
-            charge=self.price(prompt_tokens=prompt, completion_tokens=completion),
-            provider=provider,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            latency_ms=latency_ms,
-            outcome=outcome,
-        )
 
     async def release(self, *, provider: str | None = None, outcome: str = "failed") -> None:
         """Give the whole hold back (a failed request costs nothing) and record the attempt."""

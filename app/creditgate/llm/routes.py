@@ -1,14 +1,14 @@
-"""POST /v1/chat/completions (OpenAI-compatible, JSON or SSE)."""
+"""POST /v1/chat/completions (OpenAI's shape, JSON or SSE), whichever protocol the serving provider speaks."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from creditgate.auth.deps import PrincipalDep, RuntimeDep
 from creditgate.errors_http import ERROR_RESPONSES
-from creditgate.llm import service
-from creditgate.llm.schemas import ChatCompletionRequest, ChatCompletionResponse
+from creditgate.llm import relay
+from creditgate.llm.schemas import ChatCompletion, ChatCompletionRequest
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
@@ -17,23 +17,17 @@ SSE = {"text/event-stream": {"schema": {"type": "string", "description": "OpenAI
 
 @router.post(
     "/chat/completions",
-    response_model=ChatCompletionResponse,
-    responses={200: {"content": SSE}, **ERROR_RESPONSES(400, 401, 402, 404, 422, 429, 502)},
+    response_model=ChatCompletion,
+    responses={200: {"content": SSE}, **ERROR_RESPONSES(400, 401, 402, 404, 429, 502, protocol="openai")},
 )
 async def chat_completions(
-    body: ChatCompletionRequest, principal: PrincipalDep, rt: RuntimeDep, response: Response
-) -> ChatCompletionResponse | StreamingResponse:
+    body: ChatCompletionRequest, principal: PrincipalDep, rt: RuntimeDep
+) -> JSONResponse | StreamingResponse:
     """Create a chat completion; credits are held up front and settled to the actual usage (streams too)."""
+    model, max_tokens = relay.chat_model(rt.catalog, body.model, max_tokens=body.output_limit())
+    call = body.call(max_tokens=max_tokens)
     if body.stream:
-        stream = await service.chat_stream(rt, principal, body)
-        headers = {
-            "X-Request-Id": stream.request_id,
-            "X-Creditgate-Provider": stream.provider,
-            "Cache-Control": "no-cache",
-        }
-        return StreamingResponse(stream.chunks, media_type="text/event-stream", headers=headers)
-    result = await service.chat_completion(rt, principal, body)
-    response.headers["X-Request-Id"] = result.request_id
-    response.headers["X-Creditgate-Credits-Charged"] = str(result.charged)
-    response.headers["X-Creditgate-Provider"] = result.provider
-    return result.response
+        stream = await relay.stream(rt, principal, model, call, prompt_estimate=body.prompt_estimate())
+        return StreamingResponse(stream.chunks, media_type="text/event-stream", headers=stream.headers)
+    result = await relay.complete(rt, principal, model, call, prompt_estimate=body.prompt_estimate())
+    return JSONResponse(result.body, headers=result.headers)

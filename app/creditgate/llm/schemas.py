@@ -1,10 +1,16 @@
-"""OpenAI-shaped request and response bodies for /v1/chat/completions."""
+"""OpenAI-shaped request bodies for /v1/chat/completions (the response shapes live with the protocol)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from creditgate.catalog import pricing
+from creditgate.providers.base import ChatCall, Turn
+from creditgate.providers.openai import ChatCompletion, Choice, CompletionUsage, ResponseMessage
+
+__all__ = ["ChatCompletion", "ChatCompletionRequest", "ChatMessage", "Choice", "CompletionUsage", "ResponseMessage"]
 
 
 class ChatMessage(BaseModel):
@@ -32,6 +38,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = Field(default=None, ge=1, le=1, description="only n=1 is supported")
+    stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     user: str | None = None
@@ -39,36 +46,26 @@ class ChatCompletionRequest(BaseModel):
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def prompt_estimate(self) -> int:
+        return pricing.estimate_prompt_tokens([m.text() for m in self.messages])
 
-class ResponseMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: str
-    content: str | None = None
-
-
-class Choice(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    index: int
-    message: ResponseMessage
-    finish_reason: str | None = None
-
-
-class Usage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    prompt_tokens: int = Field(ge=0)
-    completion_tokens: int = Field(ge=0)
-    total_tokens: int = Field(ge=0)
-
-
-class ChatCompletionResponse(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[Choice]
-    usage: Usage | None = None
+    def call(self, *, max_tokens: int) -> ChatCall:
+        """This request as adapters see it: as sent, and neutral (system and developer turns become the system)."""
+        system = "\n\n".join(m.text() for m in self.messages if m.role in {"system", "developer"})
+        turns = tuple(
+            Turn("assistant" if m.role == "assistant" else "user", m.text())
+            for m in self.messages
+            if m.role not in {"system", "developer"}
+        )
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return ChatCall(
+            protocol="openai",
+            native=self.model_dump(exclude_none=True),
+            system=system,
+            turns=turns,
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=stop,
+            include_usage=bool((self.stream_options or {}).get("include_usage")),
+        )

@@ -92,13 +92,18 @@ async def test_missing_or_invalid_key_is_401(async_client: httpx.AsyncClient, he
     response = await async_client.post(CHAT, json=body(), headers=headers)
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    assert response.json()["error"]["type"] == "authentication_error"
+    error = response.json()["error"]
+    assert error["type"] == "authentication_error"
+    assert error["code"] == (
+        "missing_api_key" if "Bearer" not in headers.get("Authorization", "") else "invalid_api_key"
+    )
 
 
 async def test_unknown_model_names_the_list_endpoint(async_client: httpx.AsyncClient, cg_api_key: str) -> None:
     response = await async_client.post(CHAT, json=body("nope"), headers={"Authorization": f"Bearer {cg_api_key}"})
     assert response.status_code == 404
-    assert response.json()["error"]["type"] == "model_not_found"
+    assert response.json()["error"]["type"] == "invalid_request_error"  # as OpenAI answers an unknown model
+    assert response.json()["error"]["code"] == "model_not_found"
     assert "/catalog/models" in response.json()["error"]["message"]
 
 
@@ -114,22 +119,24 @@ async def test_unknown_model_names_the_list_endpoint(async_client: httpx.AsyncCl
         {"model": "test-model", "messages": "hi"},
     ],
 )
-async def test_bad_input_is_422_and_charges_nothing(
+async def test_bad_input_is_400_in_openais_shape_and_charges_nothing(
     async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_upstream: FakeProvider, payload: dict[str, object]
 ) -> None:
     response = await async_client.post(CHAT, json=payload, headers=cg_funded_user.headers)
-    assert response.status_code == 422
+    assert response.status_code == 400
     error = response.json()["error"]
-    assert error["type"] == "invalid_request"
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_request")
     assert error["message"]
+    assert "param" in error
     assert cg_upstream.calls == []
     assert await balance(async_client, cg_funded_user) == Decimal("1000.00")
 
 
-async def test_malformed_json_body_is_422(async_client: httpx.AsyncClient, cg_api_key: str) -> None:
+async def test_malformed_json_body_is_400(async_client: httpx.AsyncClient, cg_api_key: str) -> None:
     headers = {"Authorization": f"Bearer {cg_api_key}", "Content-Type": "application/json"}
     response = await async_client.post(CHAT, content=b"{not json", headers=headers)
-    assert response.status_code == 422
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
 
 
 async def test_insufficient_credits_is_402_with_what_is_affordable(
@@ -139,7 +146,7 @@ async def test_insufficient_credits_is_402_with_what_is_affordable(
     response = await async_client.post(CHAT, json=body(max_tokens=50_000), headers=user.headers)
     assert response.status_code == 402
     error = response.json()["error"]
-    assert error["type"] == "insufficient_credits"
+    assert (error["type"], error["code"]) == ("insufficient_credits", "insufficient_credits")
     assert error["balance"] == "1.00"
     assert Decimal(error["required"]) > Decimal(1)
     affordable = error["max_affordable_tokens"]
@@ -157,7 +164,7 @@ async def test_client_error_from_upstream_is_not_failed_over(
     cg_upstream.push(Fault.status_code(400))
     response = await async_client.post(CHAT, json=body(), headers=cg_funded_user.headers)
     assert response.status_code == 400
-    assert response.json()["error"]["type"] == "upstream_rejected"
+    assert response.json()["error"]["code"] == "upstream_rejected"
     assert await balance(async_client, cg_funded_user) == Decimal("1000.00")
 
 

@@ -1,4 +1,4 @@
-"""app/providers/router.py: circuit breakers open, skip, probe half-open and close — on a fake clock, no sleeps."""
+"""providers/pool.py: circuit breakers open, skip, probe half-open and close — on a fake clock, no sleeps."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """A scriptable fake LLM provider.
 
 ``FakeProvider().app`` is an ASGI app speaking OpenAI's ``/v1/chat/completions`` (JSON and SSE with a
-final usage chunk), Anthropic's ``/v1/messages`` and OpenAI's ``/v1/images/generations``. Use it
+final usage chunk), Anthropic's ``/v1/messages`` (JSON and its typed SSE events: input tokens in
+``message_start``, output tokens in ``message_delta``) and ``/v1/messages/count_tokens``, and OpenAI's
+``/v1/images/generations``. Errors come in each vendor's own shape. Use it
 in-process through ``httpx.ASGITransport`` or as a server (``python -m harness.fakes.providers``).
 
 Script what the next calls get with ``provider.push(Fault.status(503), Reply(completion_tokens=7))``;
@@ -127,6 +129,7 @@ class FakeProvider:
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/messages", self._messages, methods=["POST"]),
+                Route("/v1/messages/count_tokens", self._count_tokens, methods=["POST"]),
                 Route("/v1/images/generations", self._images, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/_fake/calls", self._calls, methods=["GET"]),
@@ -147,15 +150,19 @@ class FakeProvider:
         return body, step
 
     @staticmethod
-    async def _fault_response(fault: Fault) -> Response | None:
+    async def _fault_response(fault: Fault, *, anthropic: bool = False) -> Response | None:
+        def error(message: str, kind: str) -> dict[str, Any]:
+            detail = {"message": message, "type": kind}
+            return {"type": "error", "error": detail} if anthropic else {"error": detail}
+
         if fault.kind == "hang":
             await asyncio.sleep(fault.seconds)
-            return JSONResponse({"error": {"message": "hung", "type": "timeout"}}, status_code=504)
+            return JSONResponse(error("hung", "timeout"), status_code=504)
         if fault.kind == "malformed":
             return Response("{not json", media_type="application/json")
         if fault.kind == "status":
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
-            body = {"error": {"message": f"fake upstream error {fault.status}", "type": "upstream_error"}}
+            body = error(f"fake upstream error {fault.status}", "api_error" if anthropic else "upstream_error")
             return JSONResponse(body, status_code=fault.status, headers=headers)
         return None
 
@@ -234,8 +241,14 @@ class FakeProvider:
     async def _messages(self, request: Request) -> Response:
         body, step = await self._record(request)
         if isinstance(step, Fault):
-            response = await self._fault_response(step)
-            return response or JSONResponse({"type": "error"}, status_code=500)
+            response = await self._fault_response(step, anthropic=True)
+            if response is not None:
+                return response
+            return StreamingResponse(self._messages_stream(body, Reply(), cut=step), media_type="text/event-stream")
+        if step.latency:
+            await asyncio.sleep(step.latency)
+        if body.get("stream"):
+            return StreamingResponse(self._messages_stream(body, step), media_type="text/event-stream")
         prompt, completion = self._usage(body, step)
         return JSONResponse(
             {
@@ -249,6 +262,43 @@ class FakeProvider:
                 "usage": {"input_tokens": prompt, "output_tokens": completion},
             }
         )
+
+    async def _messages_stream(
+        self, body: dict[str, Any], reply: Reply, cut: Fault | None = None
+    ) -> AsyncIterator[str]:
+        """Anthropic's event sequence; ``message_delta`` carries the output tokens, as Anthropic sends it."""
+        prompt, completion = self._usage(body, reply)
+        message = {
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "fake-model"),
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": prompt, "output_tokens": 1},
+        }
+        yield _event({"type": "message_start", "message": message})
+        yield _event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        yield _event({"type": "ping"})
+        for i, word in enumerate(reply.content.split(" ")):
+            if cut is not None and i >= cut.after_chunks:
+                return
+            if reply.chunk_delay:
+                await asyncio.sleep(reply.chunk_delay)
+            text = word if i == 0 else " " + word
+            yield _event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})
+        yield _event({"type": "content_block_stop", "index": 0})
+        delta = {"stop_reason": "end_turn", "stop_sequence": None}
+        yield _event({"type": "message_delta", "delta": delta, "usage": {"output_tokens": completion}})
+        yield _event({"type": "message_stop"})
+
+    async def _count_tokens(self, request: Request) -> Response:
+        """Anthropic's token counting: the same count ``/v1/messages`` reports (the script is not consumed)."""
+        raw = await request.body()
+        body = json.loads(raw) if raw else {}
+        self.calls.append(RecordedCall(request.url.path, body, dict(request.headers), time.time()))
+        return JSONResponse({"input_tokens": _estimate_tokens(_prompt_text(body))})
 
     async def _images(self, request: Request) -> Response:
         body, step = await self._record(request)
@@ -281,3 +331,7 @@ class FakeProvider:
 
 def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data)}\n\n"
+
+
+def _event(data: dict[str, Any]) -> str:
+    return f"event: {data['type']}\ndata: {json.dumps(data)}\n\n"

@@ -1,9 +1,11 @@
-"""Call a model's providers in order until one answers, behind a circuit breaker per provider.
+"""Call a model's providers in catalog order until one answers, behind a circuit breaker per provider.
 
-Fail over on connection errors, timeouts, 5xx, 429, 401/403 (our key's problem) and malformed
-answers. A 4xx caused by the client's own request (400, 404, 413, 422) is not the provider's
-fault: it goes back to the client as ``UpstreamRejected`` without trying the next provider and
-without counting against the provider's breaker.
+Each provider speaks one wire protocol; its ``Adapter`` builds the request and parses the answer, so
+this loop never looks at a protocol. Fail over on connection errors, timeouts, 5xx, 429, 401/403 (our
+key's problem) and malformed answers. A 4xx caused by the client's own request (400, 404, 413, 422) is
+not the provider's fault: it goes back to the client as ``UpstreamRejected`` without trying the next
+provider and without counting against the provider's breaker. Every failure is kept, so "all failed"
+lists each provider's reason.
 
 Breakers (purgatory): a provider's circuit opens after ``threshold`` consecutive failures, is
 skipped while open, lets one probe through after ``cooldown`` seconds (half-open) and closes
@@ -14,18 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
+from httpx_sse import EventSource
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 
 from creditgate.catalog.service import Catalog, ModelConfig, ProviderConfig
 from creditgate.errors import GatewayError, ProviderUnavailable
+from creditgate.providers import ADAPTERS
+from creditgate.providers.base import Adapter, ChatCall, Completion, Delta, Kind, Malformed
 
 CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
+T = TypeVar("T")
 
 
 class UpstreamRejected(GatewayError):
@@ -42,33 +48,40 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamResponse:
+class Served(Generic[T]):
+    """What the first provider that answered returned, parsed by its adapter."""
+
     provider: str
-    body: dict[str, Any]
+    kind: Kind
+    value: T
     latency_ms: int
     attempts: tuple[Attempt, ...]
     byok: bool = False
-    kind: str = "openai"
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamStream:
     provider: str
-    response: httpx.Response  # open, status 200; the caller reads and closes it
+    kind: Kind
+    response: httpx.Response  # open, status 200; read it with ``deltas()``, then ``aclose()``
     attempts: tuple[Attempt, ...]
     byok: bool = False
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        """The stream's events, parsed by the provider's adapter (one SSE parser per protocol)."""
+        parser = ADAPTERS[self.kind].stream_parser()
+        async for event in EventSource(self.response).aiter_sse():
+            for delta in parser.feed(event):
+                yield delta
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
 
 
 class _Failed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def _headers(provider: ProviderConfig, api_key: str) -> dict[str, str]:
-    if provider.kind == "anthropic":
-        return {"x-api-key": api_key, "anthropic-version": "2023-06-01"}
-    return {"Authorization": f"Bearer {api_key}"}
 
 
 def _classify(response: httpx.Response, body_text: str) -> None:
@@ -83,8 +96,8 @@ def _classify(response: httpx.Response, body_text: str) -> None:
         raise _Failed(f"HTTP {response.status_code}")
 
 
-Validator = Callable[[str, Any], bool]
-Builder = Callable[[ProviderConfig], "tuple[str, dict[str, Any]] | None"]
+# (adapter, upstream model) → (path, body), or None when this protocol cannot serve the request.
+Build = Callable[[Adapter, str], "tuple[str, dict[str, Any]] | None"]
 
 
 class ProviderPool:
@@ -117,8 +130,8 @@ class ProviderPool:
         self,
         model: ModelConfig,
         user_keys: Mapping[str, str],
-        call: Callable[[ProviderConfig, str, str], Any],
-    ) -> tuple[Any, str, tuple[Attempt, ...], bool]:
+        call: Callable[[ProviderConfig, str, str], Awaitable[T]],
+    ) -> tuple[T, ProviderConfig, tuple[Attempt, ...], bool]:
         attempts: list[Attempt] = []
         routes, byok = self._routes(model, user_keys)
         for provider, upstream_model, api_key in routes:
@@ -136,30 +149,27 @@ class ProviderPool:
                 attempts.append(Attempt(provider.name, failure.reason))
                 continue
             attempts.append(Attempt(provider.name, "ok"))
-            return result, provider.name, tuple(attempts), byok
+            return result, provider, tuple(attempts), byok
         raise ProviderUnavailable(
             f"no provider could serve model {model.id!r}",
             model=model.id,
             attempts=[{"provider": a.provider, "outcome": a.outcome} for a in attempts],
         )
 
-    async def post_json(
+    async def _post(
         self,
         *,
         model: ModelConfig,
-        build: Builder,
+        build: Build,
+        parse: Callable[[Adapter, Any], T],
         timeout: float,
-        valid: Validator,
-        user_keys: Mapping[str, str] | None = None,
-    ) -> UpstreamResponse:
-        """POST what ``build(provider)`` returns to each provider in order; the first valid JSON answer wins.
+        user_keys: Mapping[str, str],
+    ) -> Served[T]:
+        """POST what the provider's adapter builds; the first answer its adapter can parse wins."""
 
-        ``build`` returns ``(path, payload)`` for the provider's wire format, or ``None`` when that kind
-        of provider cannot serve the request (it is skipped as a failed attempt).
-        """
-
-        async def call(provider: ProviderConfig, upstream_model: str, api_key: str) -> tuple[str, dict[str, Any]]:
-            built = build(provider)
+        async def call(provider: ProviderConfig, upstream_model: str, api_key: str) -> T:
+            adapter = ADAPTERS[provider.kind]
+            built = build(adapter, upstream_model)
             if built is None:
                 raise _Failed(f"a {provider.kind!r} provider cannot serve this request")
             path, payload = built
@@ -167,9 +177,7 @@ class ProviderPool:
                 # httpx's timeouts are per operation; this bounds the whole call (slow drip, in-process app).
                 async with asyncio.timeout(timeout):
                     response = await self.http.post(
-                        provider.base_url.rstrip("/") + path,
-                        json={**payload, "model": upstream_model},
-                        headers=_headers(provider, api_key),
+                        provider.base_url.rstrip("/") + path, json=payload, headers=adapter.headers(api_key)
                     )
             except (httpx.TimeoutException, TimeoutError) as exc:
                 raise _Failed("timeout") from exc
@@ -177,37 +185,63 @@ class ProviderPool:
                 raise _Failed(f"connection error: {type(exc).__name__}") from exc
             _classify(response, response.text)
             try:
-                body = response.json()
+                return parse(adapter, response.json())
             except ValueError as exc:
                 raise _Failed("malformed JSON") from exc
-            if not isinstance(body, dict) or not valid(provider.kind, body):
-                raise _Failed("malformed response")
-            return provider.kind, body
+            except Malformed as exc:
+                raise _Failed(f"malformed response: {exc}") from exc
 
         started = time.perf_counter()
-        (kind, body), name, attempts, byok = await self._try_each(model, user_keys or {}, call)
+        value, provider, attempts, byok = await self._try_each(model, user_keys, call)
         latency = int((time.perf_counter() - started) * 1000)
-        return UpstreamResponse(name, body, latency, attempts, byok, kind)
+        return Served(provider.name, provider.kind, value, latency, attempts, byok)
 
-    async def open_stream(
-        self,
-        *,
-        model: ModelConfig,
-        path: str,
-        payload: dict[str, Any],
-        timeout: float,
-        user_keys: Mapping[str, str] | None = None,
+    async def complete(
+        self, *, model: ModelConfig, call: ChatCall, timeout: float, user_keys: Mapping[str, str]
+    ) -> Served[Completion]:
+        """One whole chat answer, in whichever protocol the serving provider speaks."""
+        return await self._post(
+            model=model,
+            build=lambda adapter, name: adapter.chat_request(call, model=name, stream=False),
+            parse=lambda adapter, body: adapter.parse_completion(body),
+            timeout=timeout,
+            user_keys=user_keys,
+        )
+
+    async def images(
+        self, *, model: ModelConfig, payload: Mapping[str, Any], timeout: float, user_keys: Mapping[str, str]
+    ) -> Served[list[dict[str, Any]]]:
+        """Generated images (each a dict with ``url`` or ``b64_json``) from the first provider that has them."""
+        return await self._post(
+            model=model,
+            build=lambda adapter, name: adapter.images_request(payload, model=name),
+            parse=lambda adapter, body: adapter.parse_images(body),
+            timeout=timeout,
+            user_keys=user_keys,
+        )
+
+    async def count_tokens(
+        self, *, model: ModelConfig, call: ChatCall, timeout: float, user_keys: Mapping[str, str]
+    ) -> Served[int]:
+        """The prompt's input tokens as counted by the first provider that can count them."""
+        return await self._post(
+            model=model,
+            build=lambda adapter, name: adapter.count_request(call, model=name),
+            parse=lambda adapter, body: adapter.parse_count(body),
+            timeout=timeout,
+            user_keys=user_keys,
+        )
+
+    async def stream(
+        self, *, model: ModelConfig, call: ChatCall, timeout: float, user_keys: Mapping[str, str]
     ) -> UpstreamStream:
-        """Open a streaming POST on the first provider that answers 200; failover happens before any byte."""
+        """Open a streaming answer on the first provider that answers 200; failover happens before any byte."""
 
-        async def call(provider: ProviderConfig, upstream_model: str, api_key: str) -> httpx.Response:
-            if provider.kind != "openai":
-                raise _Failed(f"provider kind {provider.kind!r} does not stream {path}")
+        async def open_one(provider: ProviderConfig, upstream_model: str, api_key: str) -> httpx.Response:
+            adapter = ADAPTERS[provider.kind]
+            path, payload = adapter.chat_request(call, model=upstream_model, stream=True)
             request = self.http.build_request(
-                "POST",
-                provider.base_url.rstrip("/") + path,
-                json={**payload, "model": upstream_model},
-                headers=_headers(provider, api_key),
+                "POST", provider.base_url.rstrip("/") + path, json=payload, headers=adapter.headers(api_key)
             )
             try:
                 async with asyncio.timeout(timeout):
@@ -222,14 +256,5 @@ class ProviderPool:
                 _classify(response, text)
             return response
 
-        response, name, attempts, byok = await self._try_each(model, user_keys or {}, call)
-        return UpstreamStream(name, response, attempts, byok)
-
-
-def is_chat_completion(kind: str, body: Any) -> bool:
-    return isinstance(body.get("choices"), list) and bool(body["choices"])
-
-
-def openai_only(path: str, payload: dict[str, Any]) -> Builder:
-    """A builder for requests only OpenAI-style providers serve."""
-    return lambda provider: (path, payload) if provider.kind == "openai" else None
+        response, provider, attempts, byok = await self._try_each(model, user_keys, open_one)
+        return UpstreamStream(provider.name, provider.kind, response, attempts, byok)
