@@ -29,6 +29,7 @@ from creditgate.errors import InsufficientCredits
 from creditgate.ledger import service as ledger
 from creditgate.money import to_hundredths
 from creditgate.notifications.outbox import crossed_below, notify_account
+from creditgate.observability.context import note_model
 from creditgate.providers.router import UpstreamStream
 from creditgate.quotas.service import Admission
 from creditgate.runtime import Runtime
@@ -82,6 +83,7 @@ class Meter:
         """In one transaction: load the caller's own provider keys (BYOK), count the call against the
         plan's quota (429 past it) and hold the most this request can cost (402 if the balance is short;
         nothing is held for BYOK). A refused hold gives the quota call back."""
+        note_model(model.id)
         admission: Admission | None = None
         try:
             async with rt.sessionmaker.begin() as session:
