@@ -204,7 +204,7 @@ def explain(exc: BaseException, *, database_url: str | None = None) -> StartupEr
 
 # -- a gateway under plain uvicorn ---------------------------------------------------------------------------
 class StartupErrorMiddleware:
-    """Replace the traceback Starlette sends with ``lifespan.startup.failed`` by the one line, unless debugging.
+    """Replace the traceback Starlette sends with ``lifespan.startup.failed`` by the one line (debugging: both).
 
     The lifespan stores the ``StartupError`` on ``app.state.startup_error`` before re-raising it.
     """
@@ -214,14 +214,19 @@ class StartupErrorMiddleware:
         self.debug = debug
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan" or self.debug:
+        if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
 
         async def send_wrapper(message: Message) -> None:
             error = getattr(scope["app"].state, "startup_error", None)
             if message["type"] == "lifespan.startup.failed" and error is not None:
-                message = {**message, "message": f"{error} (set CREDITGATE_LOG_LEVEL=debug for the traceback)"}
+                line = (
+                    f"{message.get('message', '')}\n{error}"
+                    if self.debug
+                    else f"{error} (debug: CREDITGATE_LOG_LEVEL=debug)"
+                )
+                message = {**message, "message": line}
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
