@@ -85,6 +85,7 @@ def logging_config(*, fmt: str, level: str) -> dict[str, Any]:
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
             # SQLAlchemy's and httpx's debug lines carry statements and URLs, never credentials; still quieter.
             "sqlalchemy": {"level": "WARNING"},
+            "aiosqlite": {"level": "WARNING"},  # its debug lines repeat every statement with its parameters
             "httpcore": {"level": "WARNING"},
             "httpx": {"level": "WARNING"},  # its INFO line is every request URL, and some APIs put keys in URLs
         },
