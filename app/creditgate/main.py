@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import logging.config
+import os
 from collections.abc import AsyncIterator
 
 import httpx
@@ -31,35 +33,30 @@ from creditgate.llm.models import router as models_router
 from creditgate.llm.routes import router as llm_router
 from creditgate.notifications.delivery import deliver_forever
 from creditgate.notifications.routes import router as notifications_router
+from creditgate.observability import logs, metrics, upstream
+from creditgate.observability import routes as metrics_routes
+from creditgate.observability.middleware import ObservabilityMiddleware
 from creditgate.orgs.routes import router as orgs_router
 from creditgate.providers.pool import ProviderPool
 from creditgate.quotas.service import MemoryCounter, Quotas, RedisCounter, load_plans
 from creditgate.runtime import Runtime
 from creditgate.settings import Settings
+from creditgate.system import demo, startup
 from creditgate.system.routes import router as system_router
+from creditgate.system.startup import StartupError
 from creditgate.users.routes import router as user_router
 
 log = logging.getLogger(__name__)
 
-DEMO_UPSTREAM = "http://demo-upstream.invalid/v1"
 
-
-class NotMigrated(RuntimeError):
-    pass
+class NotMigrated(StartupError):
+    """The database's schema is not the one this code expects."""
 
 
 def load_catalog(settings: Settings) -> Catalog:
-    catalog = Catalog.load(settings.catalog)
-    if settings.demo:
-        catalog = catalog.routed_to_single_upstream(name="demo", base_url=DEMO_UPSTREAM, api_key="demo")
-    return catalog
-
-
-def _demo_transport() -> httpx.AsyncBaseTransport:
-    # The demo's upstream is the harness's fake provider, in-process: no network, no vendor key.
-    from creditgate_harness.fakes.providers import FakeProvider
-
-    return httpx.ASGITransport(app=FakeProvider().app)
+    """The configured catalog (``StartupError`` if it is missing or broken); ``--demo`` routes it to the fake."""
+    catalog = startup.load_catalog(settings.catalog)
+    return demo.route_catalog(catalog) if settings.demo else catalog
 
 
 def create_app(
@@ -71,19 +68,31 @@ def create_app(
     """Build the gateway. ``upstream_transport`` routes every provider call (tests point it at fakes)."""
     settings = settings or Settings()
     catalog = catalog or load_catalog(settings)
-    if upstream_transport is None and settings.demo:
-        upstream_transport = _demo_transport()
+    if settings.demo:
+        settings = demo.with_stripe(settings)
+        if upstream_transport is None:
+            upstream_transport = demo.upstream_transport()
+    if settings.metrics_enabled:  # time every provider call from the outside
+        upstream_transport = upstream.TimedTransport(upstream_transport or httpx.AsyncHTTPTransport(), catalog)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
         try:
-            revision = await current_revision(engine)
+            try:
+                startup.check_multiprocess_dir()
+                revision = await current_revision(engine)
+            except Exception as exc:
+                app.state.startup_error = startup.explain(exc, database_url=settings.database_url)
+                raise
             if revision != head_revision():
-                raise NotMigrated(
-                    f"database at revision {revision or 'none'}, code expects {head_revision()}: "
-                    "run `creditgate migrate` (or `creditgate serve`, which migrates first)"
+                not_migrated = NotMigrated(
+                    "CREDITGATE_DATABASE_URL",
+                    f"database at revision {revision or 'none'}, this code expects {head_revision()}",
+                    "run `creditgate migrate` (or `creditgate serve`, which migrates first)",
                 )
+                app.state.startup_error = not_migrated
+                raise not_migrated
             http = httpx.AsyncClient(
                 transport=upstream_transport,
                 timeout=httpx.Timeout(settings.upstream_timeout_seconds, connect=10.0),
@@ -95,18 +104,18 @@ def create_app(
             fast_ledger = None
             if settings.fast_ledger and not is_sqlite(settings.database_url):
                 fast_ledger = await PostgresLedger.connect(settings.database_url, size=settings.db_pool_size)
+            providers = ProviderPool(
+                http, catalog, threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown_seconds
+            )
+            if settings.metrics_enabled:
+                upstream.watch_breakers(providers.breakers, catalog)
             app.state.runtime = Runtime(
                 settings=settings,
                 engine=engine,
                 sessionmaker=create_sessionmaker(engine),
                 catalog=catalog,
                 http=http,
-                providers=ProviderPool(
-                    http,
-                    catalog,
-                    threshold=settings.breaker_threshold,
-                    cooldown=settings.breaker_cooldown_seconds,
-                ),
+                providers=providers,
                 quotas=Quotas(
                     RedisCounter(redis) if redis is not None else MemoryCounter(),
                     load_plans(),
@@ -130,9 +139,17 @@ def create_app(
                 tasks.append(asyncio.create_task(deliver_forever(app.state.runtime)))
             if not is_sqlite(settings.database_url):  # other workers' changes reach this one's caches
                 tasks.append(asyncio.create_task(cache.listen(settings.database_url)))
+            metrics_server = None
+            if settings.metrics_enabled and settings.metrics_port:
+                metrics_server = await metrics_routes.serve_on_port(
+                    app.state.runtime, host=settings.metrics_host, port=settings.metrics_port
+                )
             try:
                 yield
             finally:
+                if metrics_server is not None:
+                    metrics_server.close()
+                metrics.worker_exited(os.getpid())
                 for task in tasks:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -153,6 +170,12 @@ def create_app(
         lifespan=lifespan,
     )
     errors_http.install(app)
+    app.add_middleware(ObservabilityMiddleware, metrics_enabled=settings.metrics_enabled)
+    app.add_middleware(startup.StartupErrorMiddleware, debug=settings.log_level == "debug")
+    if settings.metrics_enabled and not settings.metrics_port:
+        app.include_router(metrics_routes.router)
+    if settings.demo and settings.stripe_api_base == settings.public_url.rstrip("/") + demo.STRIPE_PATH:
+        app.mount(demo.STRIPE_PATH, demo.stripe_app(settings))
     for router in (
         system_router,
         catalog_router,
@@ -173,5 +196,13 @@ def create_app(
 
 
 def create_app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` and multi-worker serving."""
-    return create_app(Settings())
+    """Factory for ``uvicorn --factory`` and multi-worker serving: logging from the settings, and a bad setting
+    or catalog is one logged line and exit code 2 (the traceback too at log level debug)."""
+    try:
+        settings = startup.load_settings()
+        logging.config.dictConfig(logs.logging_config(fmt=settings.log_format, level=settings.log_level))
+        return create_app(settings)
+    except startup.StartupError as exc:
+        debug = os.environ.get("CREDITGATE_LOG_LEVEL", "").lower() == "debug"
+        logging.getLogger("uvicorn.error").error("%s", exc, exc_info=debug)
+        raise SystemExit(2) from None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
+from cryptography.fernet import Fernet
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -16,8 +18,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CREDITGATE_", env_file=".env", extra="ignore")
 
-    database_url: str = "sqlite+aiosqlite:///./creditgate.db"
-    redis_url: str | None = None
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///./creditgate.db",
+        description="postgresql+asyncpg://… or sqlite+aiosqlite:///… (postgres:// and postgresql:// mean asyncpg)",
+    )
+    redis_url: str | None = Field(default=None, description="redis://HOST:6379/0 for quota counters shared by workers")
     redis_key_prefix: str = Field(default="", description="prefix of every Redis key (several gateways on one Redis)")
     margin: Decimal = Field(default=Decimal("1.5"), gt=0, description="multiplier on vendor cost")
     credit_value_usd: Decimal = Field(default=Decimal("0.01"), gt=0, description="$ per credit")
@@ -33,6 +38,18 @@ class Settings(BaseSettings):
     cache_seconds: float = Field(
         default=5.0, ge=0, description="the most a cached key, plan, BYOK key or increment may lag a change (0: off)"
     )
+    public_url: str = Field(
+        default="http://localhost:8000", description="where clients reach this gateway (the demo's checkout page)"
+    )
+
+    # Operations: logs and Prometheus metrics.
+    log_format: Literal["text", "json"] = Field(default="text", description="text, or json: one object per line")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    metrics_enabled: bool = Field(default=True, description="serve GET /metrics and record metrics")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="serve /metrics on this port instead of the gateway's"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="the address the metrics port listens on")
 
     breaker_threshold: int = Field(default=5, ge=1, description="consecutive failures that open a provider's circuit")
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
@@ -85,6 +102,41 @@ class Settings(BaseSettings):
                 "CREDITGATE_OIDC_AUDIENCE is required with CREDITGATE_OIDC_ISSUER (tokens' aud is checked)"
             )
         return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if not sep:
+            raise ValueError(
+                "not a database URL — use postgresql+asyncpg://USER@HOST:5432/DB or sqlite+aiosqlite:///FILE"
+            )
+        # Heroku-style and libpq URLs name no driver; the gateway only speaks asyncpg and aiosqlite.
+        aliases = {"postgres": "postgresql+asyncpg", "postgresql": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
+        scheme = aliases.get(scheme, scheme)
+        if scheme not in {"postgresql+asyncpg", "sqlite+aiosqlite"}:
+            raise ValueError(f"unsupported scheme {scheme}:// — use postgresql+asyncpg://… or sqlite+aiosqlite:///…")
+        return f"{scheme}://{rest}"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("not a Redis URL — use redis://HOST:6379/0 (or rediss://, unix://)")
+        return value or None
+
+    @field_validator("byok_encryption_key")
+    @classmethod
+    def _fernet_key(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                Fernet(value)
+            except ValueError:
+                raise ValueError(
+                    "not a Fernet key — generate one: python -c "
+                    "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+                ) from None
+        return value or None
 
     @field_validator("default_credit_increment")
     @classmethod

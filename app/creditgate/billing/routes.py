@@ -16,6 +16,7 @@ from creditgate.db.models import MAX_ID
 from creditgate.errors import InvalidRequest, ServiceUnavailable
 from creditgate.errors_http import ERROR_RESPONSES
 from creditgate.money import from_hundredths
+from creditgate.observability import metrics
 from creditgate.orgs import service as orgs
 from creditgate.users.schemas import Credits
 
@@ -122,7 +123,9 @@ async def webhook(request: Request, rt: RuntimeDep) -> WebhookResult:
     for attempt in range(3):
         try:
             async with rt.sessionmaker() as session, session.begin():
-                return WebhookResult(outcome=await webhooks.apply_event(session, event))
+                outcome = await webhooks.apply_event(session, event)
+            metrics.webhook("stripe", str(event["type"]), outcome)
+            return WebhookResult(outcome=outcome)
         except IntegrityError:
             # The same event (or another about the same payment) committed first; re-read and replay.
             if attempt == 2:

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from creditgate.db.models import Account, Hold, LedgerEntry, Membership, utcnow
 from creditgate.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
 from creditgate.money import from_hundredths, to_hundredths
+from creditgate.observability import metrics
 
 CREDIT_TYPES = frozenset({"purchase", "bonus", "adjustment"})
 DEBIT_TYPES = frozenset({"adjustment", "refund"})
@@ -217,6 +218,7 @@ async def place_hold(
             "user_id": user_id,
         },
     )
+    metrics.credits(session, held=amount)
     return hold_id
 
 
@@ -314,6 +316,9 @@ async def settle_hold(
     closed = await _close(session, hold_id=hold_id, status="settled", charge=wanted)
     if closed is not None:
         balance = await _give_back(session, closed, hold_id=hold_id, user_id=user_id, description=description)
+        metrics.credits(
+            session, charged=from_hundredths(closed.charged), released=from_hundredths(closed.amount - closed.charged)
+        )
         return SettleResult(
             from_hundredths(closed.charged),
             from_hundredths(closed.amount - closed.charged),
@@ -352,6 +357,7 @@ async def settle_hold(
             },
         )
     left = (current or 0) - late_units
+    metrics.credits(session, charged=from_hundredths(late_units))
     return SettleResult(from_hundredths(late_units), Decimal("0.00"), late=True, balance=from_hundredths(left))
 
 
@@ -363,6 +369,7 @@ async def release_hold(
     if closed is None:
         return False
     await _give_back(session, closed, hold_id=hold_id, user_id=user_id)
+    metrics.credits(session, released=from_hundredths(closed.amount))
     return True
 
 

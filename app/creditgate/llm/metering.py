@@ -30,6 +30,8 @@ from creditgate.ledger import service as ledger
 from creditgate.ledger.fast import Usage
 from creditgate.money import from_hundredths, to_hundredths
 from creditgate.notifications.outbox import crossed_below, notify_account
+from creditgate.observability import metrics
+from creditgate.observability.context import note_model
 from creditgate.quotas.service import Admission
 from creditgate.runtime import Runtime
 
@@ -47,6 +49,7 @@ class Meter:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     user_keys: dict[str, str] = field(default_factory=dict)  # the caller's own provider keys (BYOK)
     hold_id: int | None = None
+    held: Decimal = ZERO
     closed: bool = False
     admission: Admission | None = None  # the quota call this request counted (rate-limit headers)
 
@@ -83,6 +86,7 @@ class Meter:
         """In one transaction: load the caller's own provider keys (BYOK), count the call against the
         plan's quota (429 past it) and hold the most this request can cost (402 if the balance is short;
         nothing is held for BYOK). A refused hold gives the quota call back."""
+        note_model(model.id)
         admission: Admission | None = None
         try:
             async with rt.sessionmaker.begin() as session:
@@ -112,6 +116,7 @@ class Meter:
                         meter.hold_id = await meter._fast_hold(worst)
                     if meter.hold_id is None:
                         meter.hold_id = await meter._hold(session, worst, images=images)
+                    meter.held = worst
             return meter
         except BaseException:
             await rt.quotas.give_back(admission)  # refused for credits: the call does not count
@@ -128,7 +133,10 @@ class Meter:
             membership_id=self.principal.membership_id,
             user_id=self.principal.user_id,
         )
-        return None if held is None else held[0]
+        if held is None:
+            return None
+        metrics.committed(held=worst)
+        return held[0]
 
     async def _hold(self, session: AsyncSession, worst: Decimal, *, images: int) -> int:
         rt, principal = self.rt, self.principal
@@ -190,6 +198,7 @@ class Meter:
                 )
                 if closed is not None:
                     charged, balance = from_hundredths(closed[0]), from_hundredths(closed[1])
+                    metrics.committed(charged=charged, released=self.held - charged)
                     await self._notify_low_balance(before=balance + charged, after=balance)
                     return charged
             async with self.rt.sessionmaker() as session, session.begin():
@@ -235,6 +244,7 @@ class Meter:
                         usage=usage,
                     )
                     if closed is not None:
+                        metrics.committed(released=self.held)
                         return
                 async with self.rt.sessionmaker() as session, session.begin():
                     if self.hold_id is not None:

@@ -23,6 +23,7 @@ from sqlalchemy import select, update
 
 from creditgate.db.engine import is_sqlite
 from creditgate.db.models import Notification, utcnow
+from creditgate.observability import metrics
 from creditgate.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ async def deliver_due(rt: Runtime, *, limit: int = 50) -> int:
             error = None if response.is_success else f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
+        metrics.notification(n.type, "delivered" if error is None else "failed")
         values: dict[str, object] = {"attempts": n.attempts + 1}
         if error is None:
             values["delivered_at"] = utcnow()

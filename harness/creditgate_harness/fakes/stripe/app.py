@@ -6,7 +6,9 @@ same response replayed; different parameters → ``idempotency_error``). It reco
 would send in ``events``; ``StripeWebhooks`` signs and delivers them.
 
 Test-only routes (not Stripe's): ``POST /_test/checkout/sessions/{id}/complete`` pays a session,
-``POST /_test/disputes`` opens a dispute on a charge.
+``POST /_test/disputes`` opens a dispute on a charge. The hosted Checkout page a session's ``url`` points
+to (``/c/pay/{id}``, see ``hosted.py``) is served under ``public_url`` when one is set; its Pay button
+delivers the signed webhooks to the target given to ``deliver_webhooks_to``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from creditgate_harness.fakes.stripe import hosted
 
 API_VERSION = "2026-10-28.endive"
 _TOKEN = re.compile(r"[^\[\]]+")
@@ -75,13 +79,20 @@ class StripeFakeError(Exception):
 class FakeStripe:
     """The fake's state; ``app`` is its ASGI app."""
 
-    def __init__(self, *, api_key: str | None = "sk_test_creditgate") -> None:
+    def __init__(self, *, api_key: str | None = "sk_test_creditgate", public_url: str | None = None) -> None:
         self.api_key = api_key  # None: any test-mode secret key (``sk_test_…``) is accepted
+        self.public_url = public_url  # where the hosted pages are reachable; None: a placeholder URL
+        self.webhook_target: tuple[str, str] | None = None  # (url, signing secret) for the hosted page's Pay
         self.objects: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
         self._idempotency: dict[str, tuple[str, int, Any]] = {}
         self._ids = itertools.count(1)
+
+    def deliver_webhooks_to(self, url: str, *, secret: str) -> FakeStripe:
+        """The hosted page's Pay delivers the events it causes to ``url``, signed with ``secret``; returns self."""
+        self.webhook_target = (url, secret)
+        return self
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _id(self, prefix: str) -> str:
@@ -161,7 +172,7 @@ class FakeStripe:
                 "payment_intent": None,
                 "success_url": p.get("success_url"),
                 "cancel_url": p.get("cancel_url"),
-                "url": f"https://checkout.stripe.test/c/pay/{session_id}",
+                "url": f"{(self.public_url or 'https://checkout.stripe.test').rstrip('/')}/c/pay/{session_id}",
                 "created": int(time.time()),
                 "livemode": False,
                 "_pi_metadata": (p.get("payment_intent_data") or {}).get("metadata", {}),
@@ -315,6 +326,7 @@ class FakeStripe:
         ]
         return Starlette(
             routes=[Route(path, self._endpoint(handler), methods=[method]) for path, method, handler in routes]
+            + hosted.routes(self)
         )
 
     def _endpoint(self, handler: Any) -> Any:

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
 
 from creditgate_harness.fakes.stripe.app import FakeStripe
+from creditgate_harness.fakes.stripe.signing import sign_payload
 
 Deliver = Callable[[bytes, dict[str, str]], Awaitable[httpx.Response]]
 
-
-def sign_payload(payload: bytes, *, secrets: Sequence[str], timestamp: int | None = None) -> str:
-    """The ``Stripe-Signature`` header for ``payload`` (one ``v1`` per secret, as during a rotation)."""
-    t = int(time.time()) if timestamp is None else timestamp
-    signed = f"{t}.".encode() + payload
-    parts = [f"t={t}"] + [f"v1={hmac.new(s.encode(), signed, hashlib.sha256).hexdigest()}" for s in secrets]
-    return ",".join(parts)
+__all__ = ["Deliver", "StripeWebhooks", "sign_payload"]
 
 
 async def _nowhere(payload: bytes, headers: dict[str, str]) -> httpx.Response:

@@ -1,0 +1,60 @@
+"""Provider calls seen from the outside: a timing transport under the upstream HTTP client, and the breakers'
+state changes (purgatory listeners) — nothing inside ``providers/`` knows about metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from creditgate.catalog.service import Catalog
+from creditgate.observability import context, metrics
+
+
+class TimedTransport(httpx.AsyncBaseTransport):
+    """Wraps the upstream transport: time to response headers and status per provider, and the provider
+    (the last one tried) noted on the request in flight."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, catalog: Catalog) -> None:
+        self.inner = inner
+        # Longest prefix first, so a provider at /v1/x wins over one at /v1.
+        self._prefixes = sorted(
+            ((p.base_url.rstrip("/"), p.name) for p in catalog.providers), key=lambda item: -len(item[0])
+        )
+
+    def provider_of(self, url: str) -> str:
+        for prefix, name in self._prefixes:
+            if url.startswith(prefix):
+                return name
+        return "other"
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        provider = self.provider_of(str(request.url))
+        info = context.current()
+        if info is not None:
+            info.provider = provider
+        started = time.perf_counter()
+        try:
+            response = await self.inner.handle_async_request(request)
+        except BaseException:
+            metrics.UPSTREAM_REQUESTS.labels(provider, "error").inc()
+            raise
+        metrics.UPSTREAM_SECONDS.labels(provider).observe(time.perf_counter() - started)
+        metrics.UPSTREAM_REQUESTS.labels(provider, str(response.status_code)).inc()
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def watch_breakers(breakers: Any, catalog: Catalog) -> None:
+    """Mirror every provider circuit's state into ``creditgate_breaker_state`` (all start closed)."""
+    for provider in catalog.providers:
+        metrics.breaker_changed(provider.name, "closed")
+
+    def hook(name: str, event_type: str, event: Any) -> None:
+        if event_type == "state_changed":
+            metrics.breaker_changed(name, str(event.state))
+
+    breakers.add_listener(hook)
