@@ -10,6 +10,17 @@ from creditgate_harness.fakes.oidc import FakeOidcIssuer
 from creditgate_harness.fakes.providers import FakeProvider, Fault, RecordedCall, Reply
 from creditgate_harness.fakes.receiver import NotificationReceiver
 from creditgate_harness.fakes.stripe import FakeStripe, StripeWebhooks, sign_payload
+from creditgate_harness.oracle import (
+    Books,
+    OracleReport,
+    Outcome,
+    Payment,
+    Pricing,
+    Served,
+    books_from_audit,
+    check_money,
+    marker,
+)
 from creditgate_harness.servers import LiveServer, ThreadedServer, start_live_server
 from creditgate_harness.services import Service, ServiceUnavailable, start_postgres, start_redis
 from creditgate_harness.services.base import free_port, run_sync
@@ -17,6 +28,7 @@ from creditgate_harness.wait import until
 
 __all__ = [
     "AuditReport",
+    "Books",
     "Fake",
     "FakeOidcIssuer",
     "FakeProvider",
@@ -25,14 +37,22 @@ __all__ = [
     "InProcess",
     "LiveServer",
     "NotificationReceiver",
+    "OracleReport",
+    "Outcome",
+    "Payment",
+    "Pricing",
     "RecordedCall",
     "Reply",
+    "Served",
     "Service",
     "ServiceUnavailable",
     "StripeWebhooks",
     "ThreadedServer",
     "audit_url",
+    "books_from_audit",
+    "check_money",
     "free_port",
+    "marker",
     "run_sync",
     "serve",
     "sign_payload",

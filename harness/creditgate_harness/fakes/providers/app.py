@@ -99,6 +99,7 @@ class ServedCompletion:
     content: str
     complete: bool
     at: float
+    max_tokens: int | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -256,6 +257,9 @@ class FakeProvider:
                 content,
                 complete,
                 time.time(),
+                limit
+                if isinstance(limit := body.get("max_tokens") or body.get("max_completion_tokens"), int)
+                else None,
             )
         )
 
