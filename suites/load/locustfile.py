@@ -10,7 +10,8 @@ and â€” with LOAD_STRIPE_URL (the fake Stripe the gateway is configured with) â€
 payment completed at the fake Stripe, its webhook delivered three times, shuffled and concurrently, while the
 same accounts keep spending. Without it, a storm of duplicated signed ``customer.created`` events.
 LOAD_BARE=1: only the chat scenarios, against the bare fake upstream (the generator's own ceiling).
-LOAD_SHAPE=steady|ramp|spike|soak (with LOAD_USERS, LOAD_SECONDS): a LoadTestShape instead of -u/-r/-t.
+LOAD_SHAPE=steady|ramp|spike|soak (with LOAD_USERS, LOAD_SECONDS): a LoadTestShape instead of -u/-r/-t; it also
+ends the run early once LOAD_STOP_FILE exists (the chaos runner stops the load a fixed time after recovery).
 
 When locust quits, the master (or the single process) writes LOAD_STATUS_FILE (a count per endpoint and HTTP
 status, the scenarios' exceptions, the duration locust divides by) and LOAD_RECORDS_FILE (one JSON line per
@@ -60,7 +61,10 @@ _exceptions = Counter[str]()
 def _record(name: str, response: Any, t0: float, **extra: Any) -> dict[str, Any]:
     status = int(getattr(response, "status_code", 0) or 0)
     error = getattr(response, "error", None)
+    headers = getattr(response, "headers", None) or {}
     row = {"name": name, "status": status, "t0": t0, "t1": time.time(), "complete": error is None, **extra}
+    if request_id := headers.get("X-Request-Id"):  # the gateway's id for it (its hold, its usage record)
+        row["gateway_id"] = request_id
     _records.append(row)
     return row
 
@@ -96,8 +100,10 @@ class _Chatting(FastHttpUser):
                 body["stream_options"] = {"include_usage": True}
         t0 = time.time()
         with self.client.post(CHAT_PATH, json=body, headers=self.headers, catch_response=True, name=name) as r:
-            _record(name, r, t0, rid=rid, account=self.account, stream=stream)
+            row = _record(name, r, t0, rid=rid, account=self.account, stream=stream)
             _ok(r)
+        if row["status"] == 0:  # no answer (a gateway restarting): back off a little, as a client would
+            gevent.sleep(0.1)
 
 
 class DeductingUser(_Chatting):
@@ -211,6 +217,7 @@ elif not BARE:
 
 
 SHAPE = os.environ.get("LOAD_SHAPE")
+STOP_FILE = os.environ.get("LOAD_STOP_FILE", "")
 if SHAPE:
 
     class LoadShape(LoadTestShape):
@@ -222,7 +229,7 @@ if SHAPE:
 
         def tick(self) -> tuple[int, float] | None:
             t, n, total = self.get_run_time(), self.users, self.seconds
-            if t >= total:
+            if t >= total or (STOP_FILE and os.path.exists(STOP_FILE)):
                 return None
             if SHAPE == "ramp":
                 return max(1, round(n * t / total)), max(n / total, 1.0)

@@ -95,7 +95,7 @@ class LocustRun:
         return [json.loads(line) for line in self.records.read_text().splitlines() if line]
 
 
-def run_locust(
+def start_locust(
     out: Path,
     *,
     host: str,
@@ -105,8 +105,9 @@ def run_locust(
     shape: str = "steady",
     prefix: str = "",
     env: dict[str, str] | None = None,
-) -> LocustRun:
-    """locust headless (``--processes N`` > 1: master + N workers), its final stats, statuses and records in ``out``.
+) -> tuple[LocustRun, subprocess.Popen[bytes]]:
+    """locust headless in its own process (``processes`` > 1: master + N workers), writing its final stats,
+    statuses and records into ``out``.
 
     ``--json-file`` writes locust's own final statistics at exit (merged from every worker in distributed mode).
     """
@@ -124,13 +125,19 @@ def run_locust(
         "LOAD_WEBHOOK_SECRET": WEBHOOK_SECRET,
     }
     with (out / f"{prefix}locust.log").open("wb") as log:
-        run.exit_code = subprocess.run(
+        process = subprocess.Popen(
             [sys.executable, "-m", "locust", "-f", "suites/load/locustfile.py", *args, "--exit-code-on-error", "0"],
             env={**os.environ, **files, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
-            check=False,
-        ).returncode
+        )
+    return run, process
+
+
+def run_locust(out: Path, **kw: Any) -> LocustRun:
+    """``start_locust`` and wait for it."""
+    run, process = start_locust(out, **kw)
+    run.exit_code = process.wait()
     return run
 
 
