@@ -35,7 +35,7 @@ from typing import Any
 
 import gevent
 from locust import FastHttpUser, LoadTestShape, between, events, task
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import WORKER_REPORT_INTERVAL, MasterRunner, WorkerRunner
 
 from creditgate_harness.oracle import marker
 
@@ -230,6 +230,11 @@ if SHAPE:
         def tick(self) -> tuple[int, float] | None:
             t, n, total = self.get_run_time(), self.users, self.seconds
             if t >= total or (STOP_FILE and os.path.exists(STOP_FILE)):
+                if isinstance(self.runner, MasterRunner):
+                    # Stop the workers and wait for them before quitting: each sends its records as it stops
+                    # (a bare quit gives workers half a second, and their last messages are lost).
+                    self.runner.stop()
+                    gevent.sleep(WORKER_REPORT_INTERVAL + 0.5)  # every worker's last statistics report arrives
                 return None
             if SHAPE == "ramp":
                 return max(1, round(n * t / total)), max(n / total, 1.0)

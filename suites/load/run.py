@@ -287,7 +287,7 @@ def run_against(
         before = admin.audit(accounts)
         env = {"LOAD_KEYS_FILE": str(out / "keys.json"), "LOAD_MODEL": args.model}
         if stripe:
-            env["LOAD_STRIPE_URL"] = stripe
+            env |= {"LOAD_STRIPE_URL": stripe, "LOAD_WEBHOOK_SECRET": args.webhook_secret}
         locust = run_locust(
             out,
             host=target,
@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--audit-scope", choices=("ledger", "run"), default="ledger", help="endpoint audit scope")
     target.add_argument("--fake-upstream", help="the fake provider the target is wired to (for the oracle)")
     target.add_argument("--fake-stripe", help="the fake Stripe the target is wired to (payments + oracle)")
+    target.add_argument("--webhook-secret", default=WEBHOOK_SECRET, help="the target's Stripe webhook secret")
     target.add_argument("--sweep-grace", type=float, default=35.0, help="the target's sweep interval + margin (s)")
     target.add_argument("--margin", type=Decimal, default=Decimal("1.5"), help="the target's CREDITGATE_MARGIN")
     target.add_argument("--credit-value-usd", type=Decimal, default=Decimal("0.01"))
