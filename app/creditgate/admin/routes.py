@@ -377,7 +377,11 @@ async def ledger_audit(
     rt: RuntimeDep,
     account_id: Annotated[
         list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None,
-        Query(max_length=1000, description="audit these accounts only (repeat the parameter)"),
+        Query(
+            max_length=500,
+            description="audit these accounts only (repeat the parameter; at most 500, so the URL stays under "
+            "the server's 16 KB request-line limit)",
+        ),
     ] = None,
     since_entry: Annotated[int, Query(ge=0, le=MAX_ID, description="for balances[].since_entry")] = 0,
     grace_seconds: Annotated[float, Query(ge=0, le=86400, description="allow holds this long past expiry")] = 0,
