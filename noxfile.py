@@ -105,9 +105,22 @@ def load(session: nox.Session) -> None:
     """locust scenarios against N gateway workers, then the ledger auditor: nox -s load -- --users 100 --time 60s.
 
     Each run writes into its own reports/load/<run-id>/; no locust, no paid request or no final stats fails it.
+    Also: --processes N (locust distributed), --shape steady|ramp|spike|soak, --target URL --admin-key KEY
+    (a deployed gateway, provisioned and audited through the admin API); see README "Load scenarios".
     """
     install(session, "test", "load")
     session.run("python", "-m", "suites.load.run", *session.posargs)
+
+
+@nox.session(default=False)
+def chaos(session: nox.Session) -> None:
+    """Faults mid-load on a private loopback stack, each judged by the money oracle and the auditor.
+
+    nox -s chaos (one run per fault: worker kill -9, all workers killed, Postgres and Redis restarted, an upstream
+    fault storm); nox -s chaos -- --short (CI: every fault in one bounded run); --scenarios a,b to pick some.
+    """
+    install(session, "test", "load")
+    session.run("python", "-m", "suites.chaos.run", *session.posargs)
 
 
 @nox.session(default=False)

@@ -17,6 +17,15 @@ _WHERE = {
     "InProcess": "creditgate_harness.fakes.modes",
     "LiveServer": "creditgate_harness.servers",
     "NotificationReceiver": "creditgate_harness.fakes.receiver",
+    "Books": "creditgate_harness.oracle",
+    "OracleReport": "creditgate_harness.oracle",
+    "Outcome": "creditgate_harness.oracle",
+    "Payment": "creditgate_harness.oracle",
+    "Pricing": "creditgate_harness.oracle",
+    "Served": "creditgate_harness.oracle",
+    "books_from_audit": "creditgate_harness.oracle",
+    "check_money": "creditgate_harness.oracle",
+    "marker": "creditgate_harness.oracle",
     "RecordedCall": "creditgate_harness.fakes.providers",
     "Reply": "creditgate_harness.fakes.providers",
     "Service": "creditgate_harness.services",
@@ -49,6 +58,17 @@ if TYPE_CHECKING:
     from creditgate_harness.fakes.providers import FakeProvider, Fault, RecordedCall, Reply
     from creditgate_harness.fakes.receiver import NotificationReceiver
     from creditgate_harness.fakes.stripe import FakeStripe, StripeWebhooks, sign_payload
+    from creditgate_harness.oracle import (
+        Books,
+        OracleReport,
+        Outcome,
+        Payment,
+        Pricing,
+        Served,
+        books_from_audit,
+        check_money,
+        marker,
+    )
     from creditgate_harness.servers import LiveServer, ThreadedServer, start_live_server
     from creditgate_harness.services import Service, ServiceUnavailable, start_postgres, start_redis
     from creditgate_harness.services.base import free_port, run_sync
@@ -56,6 +76,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuditReport",
+    "Books",
     "Fake",
     "FakeOidcIssuer",
     "FakeProvider",
@@ -64,14 +85,22 @@ __all__ = [
     "InProcess",
     "LiveServer",
     "NotificationReceiver",
+    "OracleReport",
+    "Outcome",
+    "Payment",
+    "Pricing",
     "RecordedCall",
     "Reply",
+    "Served",
     "Service",
     "ServiceUnavailable",
     "StripeWebhooks",
     "ThreadedServer",
     "audit_url",
+    "books_from_audit",
+    "check_money",
     "free_port",
+    "marker",
     "run_sync",
     "serve",
     "sign_payload",

@@ -1,9 +1,22 @@
 """Load scenarios for the gateway (run headless by `nox -s load`; see suites/load/run.py).
 
-Keys come from LOAD_KEYS_FILE (JSON: {"users": [...], "org_members": [...]}) written by run.py.
-Every request goes to the --host given to locust, which run.py sets to a loopback gateway.
-When locust quits, LOAD_STATUS_FILE (if set; a single-process run) gets a count per endpoint and HTTP status,
-the scenarios' exceptions and the run's duration, for suites/load/summary.py.
+Keys come from LOAD_KEYS_FILE, written by run.py:
+``{"users": [{"key", "account"}], "org_members": [{"key", "account"}]}`` (``account``: the account id spent).
+Every chat prompt carries ``[cg-load rid=… acct=…]`` so the fake upstream's record names the request and the
+account (the money oracle's input, creditgate_harness/oracle.py).
+
+Scenarios: users spending their own balance (chat and streams), org members on one shared balance (the hot row),
+and — with LOAD_STRIPE_URL (the fake Stripe the gateway is configured with) — users topping up: checkout, the
+payment completed at the fake Stripe, its webhook delivered three times, shuffled and concurrently, while the
+same accounts keep spending. Without it, a storm of duplicated signed ``customer.created`` events.
+LOAD_BARE=1: only the chat scenarios, against the bare fake upstream (the generator's own ceiling).
+LOAD_SHAPE=steady|ramp|spike|soak (with LOAD_USERS, LOAD_SECONDS): a LoadTestShape instead of -u/-r/-t; it also
+ends the run early once LOAD_STOP_FILE exists (the chaos runner stops the load a fixed time after recovery).
+
+When locust quits, the master (or the single process) writes LOAD_STATUS_FILE (a count per endpoint and HTTP
+status, the scenarios' exceptions, the duration locust divides by) and LOAD_RECORDS_FILE (one JSON line per
+request: rid, account, name, status, stream, complete, start and end times). Workers send theirs to the master
+with locust's custom messages, so `--processes N` and master/workers on several machines give one merged set.
 """
 
 from __future__ import annotations
@@ -15,32 +28,45 @@ import json
 import os
 import random
 import time
+import urllib.request
+import uuid
 from collections import Counter, defaultdict
 from typing import Any
 
-from locust import FastHttpUser, between, events, task
+import gevent
+from locust import FastHttpUser, LoadTestShape, between, events, task
+from locust.runners import WORKER_REPORT_INTERVAL, MasterRunner, WorkerRunner
 
-KEYS = json.loads(open(os.environ["LOAD_KEYS_FILE"]).read())  # noqa: SIM115 - read once at import
+from creditgate_harness.oracle import marker
+
+BARE = os.environ.get("LOAD_BARE") == "1"
+KEYS: dict[str, list[dict[str, Any]]] = (
+    {"users": [{"key": "", "account": "bare"}], "org_members": [{"key": "", "account": "bare"}]}
+    if BARE
+    else json.loads(open(os.environ["LOAD_KEYS_FILE"]).read())  # noqa: SIM115 - read once at import
+)
 _users = itertools.cycle(KEYS["users"])
-_members = itertools.cycle(KEYS["org_members"])
-CHAT = {"model": "test-model", "max_tokens": 50, "messages": [{"role": "user", "content": "load"}]}
-_statuses: defaultdict[str, Counter[int]] = defaultdict(Counter)
+_members = itertools.cycle(KEYS["org_members"] or KEYS["users"])
+MODEL = os.environ.get("LOAD_MODEL", "gpt-4o")
+MAX_TOKENS = int(os.environ.get("LOAD_MAX_TOKENS", "100"))
+CHAT_PATH = "/v1/chat/completions"
+STRIPE_URL = os.environ.get("LOAD_STRIPE_URL", "")
+SECRET = os.environ.get("LOAD_WEBHOOK_SECRET", "whsec_load")
+
+_records: list[dict[str, Any]] = []  # this process's requests
+_gathered: list[dict[str, Any]] = []  # on the master: the workers' requests
+_exceptions = Counter[str]()
 
 
-@events.request.add_listener
-def _count_status(name: str, response: Any, **_: Any) -> None:
-    _statuses[name][getattr(response, "status_code", 0) or 0] += 1
-
-
-@events.quitting.add_listener
-def _write_statuses(environment: Any, **_: Any) -> None:
-    if not (path := os.environ.get("LOAD_STATUS_FILE")):  # locust run by hand
-        return
-    exceptions = sum(e["count"] for e in environment.runner.exceptions.values())
-    total = environment.stats.total  # the time span locust divides by for its req/s
-    duration = (total.last_request_timestamp or total.start_time) - total.start_time
-    with open(path, "w") as f:
-        json.dump({"statuses": _statuses, "exceptions": exceptions, "duration_s": duration}, f)
+def _record(name: str, response: Any, t0: float, **extra: Any) -> dict[str, Any]:
+    status = int(getattr(response, "status_code", 0) or 0)
+    error = getattr(response, "error", None)
+    headers = getattr(response, "headers", None) or {}
+    row = {"name": name, "status": status, "t0": t0, "t1": time.time(), "complete": error is None, **extra}
+    if request_id := headers.get("X-Request-Id"):  # the gateway's id for it (its hold, its usage record)
+        row["gateway_id"] = request_id
+    _records.append(row)
+    return row
 
 
 def _ok(response) -> None:  # type: ignore[no-untyped-def]
@@ -48,74 +74,213 @@ def _ok(response) -> None:  # type: ignore[no-untyped-def]
     if 200 <= response.status_code < 300 or response.status_code in (402, 429):
         response.success()
     else:
-        response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+        response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
 
 
-class DeductingUser(FastHttpUser):
+class _Chatting(FastHttpUser):
+    abstract = True
+    wait_time = between(0, 0.05)
+    keys: Any = _users
+
+    def on_start(self) -> None:
+        entry = next(self.keys)
+        self.account = str(entry["account"])
+        self.headers = {"Authorization": f"Bearer {entry['key']}"} if entry["key"] else {}
+
+    def _chat(self, name: str, *, stream: bool) -> None:
+        rid = uuid.uuid4().hex
+        body = {
+            "model": MODEL,
+            "max_tokens": MAX_TOKENS,
+            "messages": [{"role": "user", "content": f"load {marker(rid, self.account)}"}],
+        }
+        if stream:
+            body["stream"] = True
+            if BARE:  # the gateway asks upstream for usage; so does the bare run, to send the same bytes
+                body["stream_options"] = {"include_usage": True}
+        t0 = time.time()
+        with self.client.post(CHAT_PATH, json=body, headers=self.headers, catch_response=True, name=name) as r:
+            row = _record(name, r, t0, rid=rid, account=self.account, stream=stream)
+            _ok(r)
+        if row["status"] == 0:  # no answer (a gateway restarting): back off a little, as a client would
+            gevent.sleep(0.1)
+
+
+class DeductingUser(_Chatting):
     """Many users, each spending their own balance concurrently."""
 
     weight = 3
-    wait_time = between(0, 0.05)
-
-    def on_start(self) -> None:
-        self.headers = {"Authorization": f"Bearer {next(_users)}"}
 
     @task(4)
     def chat(self) -> None:
-        with self.client.post(
-            "/v1/chat/completions", json=CHAT, headers=self.headers, catch_response=True, name="chat"
-        ) as r:
-            _ok(r)
+        self._chat("chat", stream=False)
 
     @task(1)
     def stream(self) -> None:
-        with self.client.post(
-            "/v1/chat/completions",
-            json={**CHAT, "stream": True},
-            headers=self.headers,
-            catch_response=True,
-            name="chat stream",
-        ) as r:
-            _ok(r)
+        self._chat("chat stream", stream=True)
 
 
-class OrgMember(FastHttpUser):
+class OrgMember(_Chatting):
     """Many members of one org on one shared balance: the hot row."""
 
     weight = 2
-    wait_time = between(0, 0.05)
-
-    def on_start(self) -> None:
-        self.headers = {"Authorization": f"Bearer {next(_members)}"}
+    keys = _members
 
     @task
     def chat(self) -> None:
-        with self.client.post(
-            "/v1/chat/completions", json=CHAT, headers=self.headers, catch_response=True, name="org chat"
-        ) as r:
-            _ok(r)
+        self._chat("org chat", stream=False)
 
 
-class WebhookStorm(FastHttpUser):
-    """Signed Stripe events, each sent several times: every one is acknowledged, none credits twice."""
+def _signed(event: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    payload = json.dumps(event).encode()
+    t = int(time.time())
+    sig = hmac.new(SECRET.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
+    return payload, {"Stripe-Signature": f"t={t},v1={sig}", "Content-Type": "application/json"}
 
-    weight = 1
-    wait_time = between(0, 0.1)
-    secret = os.environ.get("LOAD_WEBHOOK_SECRET", "whsec_load")
 
-    @task
-    def storm(self) -> None:
-        event = {
-            "id": f"evt_load_{random.randrange(200)}",
-            "object": "event",
-            "type": "customer.created",
-            "data": {"object": {"id": "cus_x"}},
-        }
-        payload = json.dumps(event).encode()
-        t = int(time.time())
-        sig = hmac.new(self.secret.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
-        headers = {"Stripe-Signature": f"t={t},v1={sig}", "Content-Type": "application/json"}
-        with self.client.post(
-            "/billing/webhook", data=payload, headers=headers, catch_response=True, name="webhook"
-        ) as r:
-            _ok(r)
+def _fake_stripe(method: str, path: str) -> Any:
+    request = urllib.request.Request(STRIPE_URL + path, data=b"" if method == "POST" else None, method=method)
+    with urllib.request.urlopen(request, timeout=30) as response:  # cooperative: locust patches sockets
+        return json.loads(response.read())
+
+
+if not BARE and STRIPE_URL:
+
+    class PayingUser(FastHttpUser):
+        """Top-ups racing with spending: checkout, pay at the fake Stripe, the webhook 3× shuffled, concurrently."""
+
+        weight = 1
+        wait_time = between(0.5, 1.5)
+
+        def on_start(self) -> None:
+            entry = next(_users)  # the same accounts DeductingUser spends
+            self.account = str(entry["account"])
+            self.headers = {"Authorization": f"Bearer {entry['key']}"}
+
+        @task
+        def top_up(self) -> None:
+            t0 = time.time()
+            with self.client.post(
+                "/billing/checkout",
+                json={"amount_usd": "5.00"},
+                headers=self.headers,
+                catch_response=True,
+                name="checkout",
+            ) as r:
+                _record("checkout", r, t0, account=self.account)
+                _ok(r)
+                if r.status_code != 200:
+                    return
+                session = r.json()["id"]
+            try:  # the customer pays (the fake Stripe's test route), then Stripe sends its event
+                _fake_stripe("POST", f"/_test/checkout/sessions/{session}/complete")
+                found = _fake_stripe("GET", f"/_test/events?object={session}")
+            except OSError as exc:
+                _exceptions[f"fake Stripe: {type(exc).__name__}"] += 1
+                return
+            deliveries = [e for e in found if e["type"] == "checkout.session.completed"] * 3
+            random.shuffle(deliveries)
+            gevent.joinall([gevent.spawn(self._deliver, e) for e in deliveries])
+
+        def _deliver(self, event: dict[str, Any]) -> None:
+            payload, headers = _signed(event)
+            t0 = time.time()
+            with self.client.post(
+                "/billing/webhook", data=payload, headers=headers, catch_response=True, name="payment webhook"
+            ) as r:
+                _record("payment webhook", r, t0, account=self.account)
+                _ok(r)
+
+elif not BARE:
+
+    class WebhookStorm(FastHttpUser):
+        """Signed Stripe events that move no money, each sent several times: acknowledged, applied once."""
+
+        weight = 1
+        wait_time = between(0, 0.1)
+
+        @task
+        def storm(self) -> None:
+            event = {
+                "id": f"evt_load_{random.randrange(200)}",
+                "object": "event",
+                "type": "customer.created",
+                "data": {"object": {"id": "cus_x"}},
+            }
+            payload, headers = _signed(event)
+            t0 = time.time()
+            with self.client.post(
+                "/billing/webhook", data=payload, headers=headers, catch_response=True, name="webhook"
+            ) as r:
+                _record("webhook", r, t0)
+                _ok(r)
+
+
+SHAPE = os.environ.get("LOAD_SHAPE")
+STOP_FILE = os.environ.get("LOAD_STOP_FILE", "")
+if SHAPE:
+
+    class LoadShape(LoadTestShape):
+        """steady: all users for the whole time; ramp: 0 → all, linearly; spike: a quarter, then all for the
+        middle fifth, then a quarter again; soak: half the users, meant for long runs (LOAD_SECONDS=3600)."""
+
+        users = int(os.environ.get("LOAD_USERS", "40"))
+        seconds = float(os.environ.get("LOAD_SECONDS", "30"))
+
+        def tick(self) -> tuple[int, float] | None:
+            t, n, total = self.get_run_time(), self.users, self.seconds
+            if t >= total or (STOP_FILE and os.path.exists(STOP_FILE)):
+                if isinstance(self.runner, MasterRunner):
+                    # Stop the workers and wait for them before quitting: each sends its records as it stops
+                    # (a bare quit gives workers half a second, and their last messages are lost).
+                    self.runner.stop()
+                    gevent.sleep(WORKER_REPORT_INTERVAL + 0.5)  # every worker's last statistics report arrives
+                return None
+            if SHAPE == "ramp":
+                return max(1, round(n * t / total)), max(n / total, 1.0)
+            if SHAPE == "spike":
+                return (n, float(n)) if 0.4 * total <= t < 0.6 * total else (max(1, n // 4), float(n))
+            if SHAPE == "soak":
+                return max(1, n // 2), float(n)
+            return n, float(n)
+
+
+@events.init.add_listener
+def _on_init(environment: Any, **_: Any) -> None:
+    if SHAPE and SHAPE not in ("steady", "ramp", "spike", "soak"):
+        raise SystemExit(f"LOAD_SHAPE={SHAPE!r}: choose steady, ramp, spike or soak")
+    if isinstance(environment.runner, MasterRunner):
+        environment.runner.register_message("cg_records", lambda msg, **__: _gathered.extend(msg.data["records"]))
+        environment.runner.register_message(
+            "cg_exceptions", lambda msg, **__: _exceptions.update(msg.data["exceptions"])
+        )
+
+
+@events.test_stop.add_listener
+def _send_to_master(environment: Any, **_: Any) -> None:
+    """A worker hands its records to the master before it reports itself stopped (messages arrive in order)."""
+    if isinstance(environment.runner, WorkerRunner):
+        environment.runner.send_message("cg_records", {"records": list(_records)})
+        environment.runner.send_message("cg_exceptions", {"exceptions": dict(_exceptions)})
+        _records.clear()
+        _exceptions.clear()
+
+
+@events.quitting.add_listener
+def _write_files(environment: Any, **_: Any) -> None:
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    records = _gathered + _records
+    if path := os.environ.get("LOAD_RECORDS_FILE"):
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    if not (path := os.environ.get("LOAD_STATUS_FILE")):  # locust run by hand
+        return
+    statuses: defaultdict[str, Counter[int]] = defaultdict(Counter)
+    for r in records:
+        statuses[r["name"]][r["status"]] += 1
+    exceptions = sum(e["count"] for e in environment.runner.exceptions.values()) + sum(_exceptions.values())
+    total = environment.stats.total  # the time span locust divides by for its req/s
+    duration = (total.last_request_timestamp or total.start_time) - total.start_time
+    with open(path, "w") as f:
+        json.dump({"statuses": statuses, "exceptions": exceptions, "duration_s": duration}, f)

@@ -7,7 +7,9 @@ final usage chunk), Anthropic's ``/v1/messages`` (JSON and its typed SSE events:
 in-process through ``httpx.ASGITransport`` or as a server (``python -m harness.fakes.providers``).
 
 Script what the next calls get with ``provider.push(Fault.status(503), Reply(completion_tokens=7))``;
-when the script is empty every call gets ``provider.default``. Every call is recorded in ``calls``.
+when the script is empty every call gets ``provider.default``. Every call is recorded in ``calls``, and every
+chat completion it actually served (a 2xx answer, or the part of a stream it sent before a cut or a disconnect)
+in ``served``: the money oracle's record of what the upstream delivered (``GET /_fake/served`` on a server).
 """
 
 from __future__ import annotations
@@ -84,8 +86,43 @@ class RecordedCall:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class ServedCompletion:
+    """A chat completion the fake served: the prompt's message texts, the usage it reported (if it sent one)
+    and the text it delivered. ``complete`` is false for a stream cut (scripted) or abandoned by the client."""
+
+    path: str
+    model: str
+    texts: list[str]
+    stream: bool
+    prompt_tokens: int
+    completion_tokens: int
+    usage_sent: bool
+    content: str
+    complete: bool
+    at: float
+    max_tokens: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
 def _estimate_tokens(text: str) -> int:
     return max(1, len(text.encode()) // 4)
+
+
+def _message_texts(body: dict[str, Any]) -> list[str]:
+    """Each message's text, as a gateway reads it (a string content, or its parts' text joined)."""
+    texts: list[str] = []
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.append("".join(str(p.get("text", "")) for p in content if isinstance(p, dict)))
+        else:
+            texts.append("")
+    return texts
 
 
 def _prompt_text(body: dict[str, Any]) -> str:
@@ -107,6 +144,7 @@ class FakeProvider:
 
     default: Reply | Fault = field(default_factory=Reply)
     calls: list[RecordedCall] = field(default_factory=list)
+    served: list[ServedCompletion] = field(default_factory=list)
     gate: asyncio.Event | None = None  # when set, calls wait for it before answering
     _script: deque[Reply | Fault] = field(default_factory=deque)
 
@@ -117,6 +155,7 @@ class FakeProvider:
     def reset(self) -> None:
         self._script.clear()
         self.calls.clear()
+        self.served.clear()
         self.default = Reply()
         self.gate = None
 
@@ -134,6 +173,8 @@ class FakeProvider:
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/_fake/calls", self._calls, methods=["GET"]),
                 Route("/_fake/script", self._script_endpoint, methods=["POST"]),
+                Route("/_fake/script", self._clear_script, methods=["DELETE"]),
+                Route("/_fake/served", self._served, methods=["GET"]),
             ]
         )
 
@@ -198,7 +239,36 @@ class FakeProvider:
                 "completion_tokens": completion,
                 "total_tokens": prompt + completion,
             }
+        self._serve(request.url.path, body, False, (prompt, completion), step.include_usage, step.content, True)
         return JSONResponse(payload)
+
+    def _serve(
+        self,
+        path: str,
+        body: dict[str, Any],
+        stream: bool,
+        usage: tuple[int, int],
+        usage_sent: bool,
+        content: str,
+        complete: bool,
+    ) -> None:
+        self.served.append(
+            ServedCompletion(
+                path,
+                str(body.get("model", "")),
+                _message_texts(body),
+                stream,
+                usage[0],
+                usage[1],
+                usage_sent,
+                content,
+                complete,
+                time.time(),
+                limit
+                if isinstance(limit := body.get("max_tokens") or body.get("max_completion_tokens"), int)
+                else None,
+            )
+        )
 
     @staticmethod
     def _usage(body: dict[str, Any], reply: Reply) -> tuple[int, int]:
@@ -220,23 +290,35 @@ class FakeProvider:
             "model": body.get("model", "fake-model"),
         }
         words = reply.content.split(" ")
-        yield _sse(
-            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-        )
-        for i, word in enumerate(words):
-            if cut is not None and i >= cut.after_chunks:
-                return
-            text = word if i == 0 else " " + word
-            if reply.chunk_delay:
-                await asyncio.sleep(reply.chunk_delay)
-            yield _sse({**base, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
-        yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        options = body.get("stream_options") or {}
-        if reply.include_usage and options.get("include_usage"):
-            prompt, completion = self._usage(body, reply)
-            usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-            yield _sse({**base, "choices": [], "usage": usage})
-        yield "data: [DONE]\n\n"
+        sent: list[str] = []
+        usage_sent = complete = False
+        try:
+            yield _sse(
+                {
+                    **base,
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+                }
+            )
+            for i, word in enumerate(words):
+                if cut is not None and i >= cut.after_chunks:
+                    return
+                text = word if i == 0 else " " + word
+                if reply.chunk_delay:
+                    await asyncio.sleep(reply.chunk_delay)
+                yield _sse({**base, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+                sent.append(text)
+            yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            options = body.get("stream_options") or {}
+            if reply.include_usage and options.get("include_usage"):
+                prompt, completion = self._usage(body, reply)
+                totals = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+                yield _sse({**base, "choices": [], "usage": totals})
+                usage_sent = True
+            yield "data: [DONE]\n\n"
+            complete = True
+        finally:  # also when the client goes away mid-stream: what was sent is what was served
+            usage = self._usage(body, reply)
+            self._serve("/v1/chat/completions", body, True, usage, usage_sent, "".join(sent), complete)
 
     async def _messages(self, request: Request) -> Response:
         body, step = await self._record(request)
@@ -317,6 +399,17 @@ class FakeProvider:
 
     async def _calls(self, request: Request) -> Response:
         return JSONResponse([{"path": c.path, "body": c.body, "at": c.at} for c in self.calls])
+
+    async def _served(self, request: Request) -> Response:
+        """Every chat completion served so far (``?since=N`` skips the first N)."""
+        since = int(request.query_params.get("since", "0") or 0)
+        return JSONResponse([c.as_json() for c in self.served[since:]])
+
+    async def _clear_script(self, request: Request) -> Response:
+        """Drop every step still queued (the end of a scripted fault window)."""
+        dropped = len(self._script)
+        self._script.clear()
+        return JSONResponse({"dropped": dropped})
 
     async def _script_endpoint(self, request: Request) -> Response:
         """Script a running server: ``[{"fault": "status", "status": 503}, {"reply": {...}}]``."""

@@ -6,7 +6,10 @@ same response replayed; different parameters → ``idempotency_error``). It reco
 would send in ``events``; ``StripeWebhooks`` signs and delivers them.
 
 Test-only routes (not Stripe's): ``POST /_test/checkout/sessions/{id}/complete`` pays a session,
-``POST /_test/disputes`` opens a dispute on a charge. The hosted Checkout page a session's ``url`` points
+``POST /_test/disputes`` opens a dispute on a charge, ``GET /_test/events?object=<id>`` lists the events it emitted
+(about one object), ``GET /_test/payments`` the payments it completed (``payments``: the money oracle's record).
+
+The hosted Checkout page a session's ``url`` points
 to (``/c/pay/{id}``, see ``hosted.py``) is served under ``public_url`` when one is set; its Pay button
 delivers the signed webhooks to the target given to ``deliver_webhooks_to``.
 """
@@ -85,6 +88,7 @@ class FakeStripe:
         self.webhook_target: tuple[str, str] | None = None  # (url, signing secret) for the hosted page's Pay
         self.objects: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
+        self.payments: list[dict[str, Any]] = []  # every Checkout payment completed, in order
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
         self._idempotency: dict[str, tuple[str, int, Any]] = {}
         self._ids = itertools.count(1)
@@ -225,6 +229,16 @@ class FakeStripe:
         )
         session.update(status="complete", payment_status="paid", payment_intent=pi_id)
         self.emit("checkout.session.completed", self._public(session))
+        self.payments.append(
+            {
+                "checkout_session": session_id,
+                "payment_intent": pi_id,
+                "amount_cents": session["amount_total"],
+                "client_reference_id": session["client_reference_id"],
+                "metadata": dict(session["metadata"]),
+                "completed_at": time.time(),
+            }
+        )
         return session
 
     def create_refund(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -327,7 +341,20 @@ class FakeStripe:
         return Starlette(
             routes=[Route(path, self._endpoint(handler), methods=[method]) for path, method, handler in routes]
             + hosted.routes(self)
+            + [
+                Route("/_test/events", self._list_events, methods=["GET"]),
+                Route("/_test/payments", self._list_payments, methods=["GET"]),
+            ]
         )
+
+    async def _list_events(self, request: Request) -> JSONResponse:
+        wanted = request.query_params.get("object")
+        return JSONResponse(
+            [e for e in self.events if wanted is None or e["data"]["object"].get("id") == wanted],
+        )
+
+    async def _list_payments(self, request: Request) -> JSONResponse:
+        return JSONResponse(self.payments)
 
     def _endpoint(self, handler: Any) -> Any:
         async def endpoint(request: Request) -> JSONResponse:
