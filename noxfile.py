@@ -130,6 +130,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "bench.overhead", *session.posargs)
     session.run("python", "-m", "bench.profile", *session.posargs)
     session.run("python", "-m", "bench.hot_row", *session.posargs)
+    session.run("python", "-m", "bench.metrics")
 
 
 @nox.session(default=False)

@@ -63,17 +63,19 @@ async def measure(url: str, headers: dict[str, str], *, concurrency: int, reques
     return requests / elapsed, statistics.median(latencies) * 1000, p99 * 1000
 
 
-def run(database_url: str, label: str, fake_url: str, requests: int) -> None:
+# The ORM path with nothing cached (the code before the hot-path work) beside the default, in the same run.
+VARIANTS = {"default": {}, "orm, no caches": {"CREDITGATE_FAST_LEDGER": "false", "CREDITGATE_CACHE_SECONDS": "0"}}
+
+
+def run(database_url: str, label: str, fake_url: str, requests: int, variant: str = "default") -> None:
     migrate(database_url)
     key = run_sync(_key(database_url))
     root = Path(tempfile.mkdtemp())
     (root / "catalog.json").write_text(catalog_for_tests(f"{fake_url}/v1").model_dump_json())
-    gateway = start_gateway(
-        env={"CREDITGATE_DATABASE_URL": database_url, "CREDITGATE_CATALOG": str(root / "catalog.json")},
-        log_path=root / "gateway.log",
-    )
+    env = {"CREDITGATE_DATABASE_URL": database_url, "CREDITGATE_CATALOG": str(root / "catalog.json")}
+    gateway = start_gateway(env=env | VARIANTS[variant], log_path=root / "gateway.log")
     try:
-        print(f"\n{label}: {requests} requests per cell")
+        print(f"\n{label} ({variant}): {requests} requests per cell")
         print(
             f"{'concurrency':>11} {'direct rps':>11} {'gateway rps':>12} {'ratio':>6} {'direct p50':>11} "
             f"{'gw p50':>8} {'added p50':>10} {'direct p99':>11} {'gw p99':>8}"
@@ -103,10 +105,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     args, _ = parser.parse_known_args()
     with fake_upstream() as fake_url:
-        run(f"sqlite+aiosqlite:///{tempfile.mkdtemp()}/bench.db", "SQLite", fake_url, args.requests)
+        for variant in VARIANTS:
+            run(f"sqlite+aiosqlite:///{tempfile.mkdtemp()}/bench.db", "SQLite", fake_url, args.requests, variant)
         try:
-            with postgres_database("cg_bench") as (url, _):
-                run(url, "Postgres", fake_url, args.requests)
+            for variant in VARIANTS:
+                with postgres_database("cg_bench") as (url, _):
+                    run(url, "Postgres", fake_url, args.requests, variant)
         except ServiceUnavailable as exc:
             print(f"\nPostgres: skipped ({exc})")
 

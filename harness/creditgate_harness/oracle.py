@@ -76,9 +76,10 @@ class Pricing:
         cls, catalog: Mapping[str, Any], *, margin: Decimal, credit_value_usd: Decimal, increment: Decimal
     ) -> Pricing:
         """From ``GET /catalog/models`` (``data[].pricing``) and the settings the deployment runs with."""
-        models = {
+        models = {  # image models are priced per image (no token prices): the oracle prices chat only
             m["id"]: (Decimal(m["pricing"]["input_per_1k_usd"]), Decimal(m["pricing"]["output_per_1k_usd"]))
             for m in catalog["data"]
+            if "input_per_1k_usd" in m["pricing"]
         }
         return cls(models, margin=margin, credit_value_usd=credit_value_usd, increment=increment)
 

@@ -314,6 +314,7 @@ async def deactivate_users(body: DeactivateIn, _: AdminDep, rt: RuntimeDep) -> D
                 .values(revoked_at=utcnow())
             )
             revoked = int(getattr(result, "rowcount", 0) or 0)
+            await changed(session, "principal")  # every worker stops taking the revoked keys
     found = {u.email for u in users}
     return DeactivateOut(users=len(users), keys_revoked=revoked, missing=[e for e in emails if e not in found])
 

@@ -9,6 +9,7 @@ broken catalog — and anything it does not recognise keeps its traceback, becau
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -144,6 +145,16 @@ def database_error(exc: BaseException, database_url: str) -> StartupError | None
 
 async def check_database(database_url: str) -> None:
     """Connect once and run ``SELECT 1``; a ``StartupError`` says why it failed."""
+    with contextlib.suppress(sa_exc.ArgumentError):
+        url = make_url(database_url)
+        folder = Path(url.database).parent if url.get_backend_name() == "sqlite" and url.database else None
+        if folder is not None and url.database != ":memory:" and not folder.is_dir():
+            # Checked here, not by connecting: aiosqlite's thread outlives a failed connect and prints a traceback.
+            raise StartupError(
+                DATABASE_URL,
+                f"cannot open SQLite file {url.database} (unable to open database file)",
+                "does its directory exist, and may this user write there?",
+            )
     try:
         engine = create_engine(database_url, pool_size=1)
     except Exception as exc:
