@@ -147,8 +147,10 @@ def coverage(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def ci(session: nox.Session) -> None:
-    """Everything CI gates on: lint, types, all suites under coverage, the coverage gates, the example project."""
+    """Everything CI gates on: lint, types, all suites under coverage, the coverage gates, the example project,
+    and every chaos scenario in one short run."""
     for stale in (f for f in os.listdir(".") if f.startswith(".coverage")):
         os.remove(stale)
     for name in ("lint", "typecheck", "tests", "coverage", "example"):
         session.notify(name)
+    session.notify("chaos", ["--short"])

@@ -10,6 +10,7 @@ usage is recorded all the same.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -172,58 +173,92 @@ class Meter:
         latency_ms: int,
         outcome: str = "ok",
     ) -> Decimal:
-        """Charge ``charge`` (capped at the hold), release the rest, record the usage. Returns what was charged."""
+        """Charge ``charge`` (capped at the hold), release the rest, record the usage. Returns what was charged.
+
+        The upstream has answered, so a settle the database cannot take now (Postgres restarting) is retried with
+        backoff for up to half the hold's TTL: given up, the sweeper would release the hold and the answer go free.
+        """
         if self.closed:
             return ZERO
         self.closed = True
+        delay, deadline = 0.1, time.monotonic() + self.rt.settings.hold_ttl_seconds / 2
         with anyio.CancelScope(shield=True):
-            if self.rt.fast_ledger is not None and self.hold_id is not None:
-                usage = Usage(
-                    self.request_id,
-                    self.model.id,
-                    provider,
-                    prompt_tokens,
-                    completion_tokens,
-                    latency_ms,
-                    outcome,
-                    self.byok,
-                )
-                closed = await self.rt.fast_ledger.close(
+            while True:
+                try:
+                    return await self._settle(
+                        charge=charge,
+                        provider=provider,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        latency_ms=latency_ms,
+                        outcome=outcome,
+                    )
+                except Exception as exc:
+                    if not _unreachable(exc) or time.monotonic() > deadline:
+                        raise
+                    log.warning("settling hold %s: database unreachable (%s); retrying", self.hold_id, exc)
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable: the shielded loop returns or raises")  # pragma: no cover
+
+    async def _settle(
+        self,
+        *,
+        charge: Decimal,
+        provider: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        latency_ms: int,
+        outcome: str,
+    ) -> Decimal:
+        """One attempt: the one-round-trip close on Postgres, else (or when the hold is not open) the ORM path."""
+        if self.rt.fast_ledger is not None and self.hold_id is not None:
+            usage = Usage(
+                self.request_id,
+                self.model.id,
+                provider,
+                prompt_tokens,
+                completion_tokens,
+                latency_ms,
+                outcome,
+                self.byok,
+            )
+            closed = await self.rt.fast_ledger.close(
+                hold_id=self.hold_id,
+                status="settled",
+                charge=to_hundredths(charge),
+                description=f"{self.model.id} via {provider}",
+                user_id=self.principal.user_id,
+                usage=usage,
+            )
+            if closed is not None:
+                charged, balance = from_hundredths(closed[0]), from_hundredths(closed[1])
+                metrics.committed(charged=charged, released=self.held - charged)
+                await self._notify_low_balance(before=balance + charged, after=balance)
+                return charged
+        async with self.rt.sessionmaker() as session, session.begin():
+            charged = ZERO
+            if self.hold_id is not None:
+                result = await ledger.settle_hold(
+                    session,
                     hold_id=self.hold_id,
-                    status="settled",
-                    charge=to_hundredths(charge),
+                    charge=charge,
                     description=f"{self.model.id} via {provider}",
                     user_id=self.principal.user_id,
-                    usage=usage,
                 )
-                if closed is not None:
-                    charged, balance = from_hundredths(closed[0]), from_hundredths(closed[1])
-                    metrics.committed(charged=charged, released=self.held - charged)
-                    await self._notify_low_balance(before=balance + charged, after=balance)
-                    return charged
-            async with self.rt.sessionmaker() as session, session.begin():
-                charged = ZERO
-                if self.hold_id is not None:
-                    result = await ledger.settle_hold(
+                charged = result.charged
+                threshold = self.rt.settings.notify_low_balance
+                if crossed_below(threshold, before=result.balance + charged, after=result.balance):
+                    await notify_account(
                         session,
-                        hold_id=self.hold_id,
-                        charge=charge,
-                        description=f"{self.model.id} via {provider}",
-                        user_id=self.principal.user_id,
+                        account_id=self.principal.account_id,
+                        type="low_balance",
+                        data={"balance": str(result.balance), "threshold": str(threshold)},
                     )
-                    charged = result.charged
-                    threshold = self.rt.settings.notify_low_balance
-                    if crossed_below(threshold, before=result.balance + charged, after=result.balance):
-                        await notify_account(
-                            session,
-                            account_id=self.principal.account_id,
-                            type="low_balance",
-                            data={"balance": str(result.balance), "threshold": str(threshold)},
-                        )
-                await session.execute(
-                    insert(UsageRecord),
-                    [self._usage(provider, prompt_tokens, completion_tokens, charged, latency_ms, outcome)],
-                )
+            await session.execute(
+                insert(UsageRecord),
+                [self._usage(provider, prompt_tokens, completion_tokens, charged, latency_ms, outcome)],
+            )
         return charged
 
     async def release(self, *, provider: str | None = None, outcome: str = "failed") -> None:
@@ -281,3 +316,24 @@ class Meter:
             "byok": self.byok,
             "created_at": utcnow(),
         }
+
+
+_UNREACHABLE = {  # asyncpg's names for "the server went away or is not back yet"
+    "ConnectionDoesNotExistError",
+    "CannotConnectNowError",
+    "AdminShutdownError",
+    "ConnectionFailureError",
+    "InterfaceError",
+    "TooManyConnectionsError",
+}
+
+
+def _unreachable(exc: BaseException | None) -> bool:
+    """The database could not be reached (as opposed to refusing the statement)."""
+    while exc is not None:
+        if isinstance(exc, OSError) or type(exc).__name__ in _UNREACHABLE:
+            return True
+        if getattr(exc, "connection_invalidated", False):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__
+    return False
