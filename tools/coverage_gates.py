@@ -12,7 +12,7 @@ GATES = {
     "creditgate/ledger/service.py": 95.0,
     "creditgate/ledger/repository.py": 95.0,
     "creditgate/catalog/pricing.py": 95.0,
-    "creditgate/llm/service.py": 95.0,
+    "creditgate/llm/relay.py": 95.0,
     "creditgate/llm/metering.py": 95.0,
     "creditgate/billing/webhooks.py": 95.0,
     "creditgate/quotas/service.py": 95.0,

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from creditgate.runtime import Runtime
-from creditgate_harness.fakes.providers import FakeProvider, Reply
+from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
 from creditgate_harness.gateway import TestUser
 
 CHAT = "/v1/chat/completions"
@@ -65,3 +65,78 @@ async def test_a_statement_the_database_refuses_is_not_retried(
         await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)
     assert len(calls) >= 1
     assert len([c for c in calls if c["status"] == "settled"]) == 1
+
+
+@pytest.mark.critical
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_failed_call_gives_the_whole_hold_back_in_one_round_trip(
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_runtime: Runtime, cg_upstream: FakeProvider
+) -> None:
+    assert cg_runtime.fast_ledger is not None
+    cg_upstream.default = Fault.status_code(503)
+
+    response = await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)
+
+    assert response.status_code == 502
+    assert (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"] == "1000.00"
+    usage = (await async_client.get("/user/usage", headers=cg_funded_user.headers)).json()["data"]
+    assert [(u["credits"], u["outcome"]) for u in usage] == [("0.00", "failed")]
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_release_the_database_refuses_leaves_the_hold_to_the_sweeper(
+    async_client: httpx.AsyncClient,
+    cg_funded_user: TestUser,
+    cg_runtime: Runtime,
+    cg_upstream: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert cg_runtime.fast_ledger is not None
+
+    async def refused(**kwargs: Any) -> Any:
+        raise ValueError("refused")
+
+    monkeypatch.setattr(cg_runtime.fast_ledger, "close", refused)
+    cg_upstream.default = Fault.status_code(503)
+
+    assert (await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)).status_code == 502
+
+    assert "the sweeper will" in caplog.text
+    held = (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"]
+    assert held != "1000.00"  # still held: the sweeper gives it back at expiry (the auditor accepts an unexpired hold)
+
+
+async def test_a_meter_settles_once(
+    cg_funded_user: TestUser, cg_runtime: Runtime, async_client: httpx.AsyncClient
+) -> None:
+    from creditgate.auth.service import authenticate_cached
+    from creditgate.llm.metering import Meter
+
+    principal = await authenticate_cached(cg_runtime.caches, cg_runtime.sessionmaker, cg_funded_user.key)
+    assert principal is not None
+    meter = await Meter.open(cg_runtime, principal, cg_runtime.catalog.model("test-model"), prompt_estimate=10)
+    first = await meter.settle(
+        charge=meter.price(prompt_tokens=10, completion_tokens=0),
+        provider="fake",
+        prompt_tokens=10,
+        completion_tokens=0,
+        latency_ms=1,
+    )
+    again = await meter.settle(charge=first, provider="fake", prompt_tokens=10, completion_tokens=0, latency_ms=1)
+    assert (first > 0, again) == (True, 0)
+
+
+def test_what_counts_as_the_database_being_unreachable() -> None:
+    from creditgate.llm.metering import _unreachable
+
+    class Invalidated(Exception):
+        connection_invalidated = True
+
+    wrapped = RuntimeError("wrapper")
+    wrapped.__cause__ = ConnectionDoesNotExistError("gone")
+    assert _unreachable(Invalidated())
+    assert _unreachable(wrapped)
+    assert _unreachable(ConnectionRefusedError())
+    assert not _unreachable(ValueError("a refusal"))
+    assert not _unreachable(None)
