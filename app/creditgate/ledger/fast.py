@@ -7,10 +7,13 @@ needs its reasons, a hold the sweeper expired first) are left to ``ledger.servic
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from decimal import Decimal
 from typing import Any
 
 from creditgate.db.engine import libpq_url
+from creditgate.db.models import utcnow
+from creditgate.money import to_hundredths
 
 HOLD = "SELECT hold_id, balance FROM creditgate_hold($1, $2, $3, $4, $5, $6)"
 CLOSE = "SELECT charged, balance FROM creditgate_close($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
@@ -28,6 +31,10 @@ class Usage:
     latency_ms: int
     outcome: str
     byok: bool
+
+    def row(self, *, user_id: int, credits: Decimal) -> dict[str, Any]:
+        """The ``usage_records`` row, for the ORM path's INSERT (``creditgate_close`` writes the same columns)."""
+        return {**asdict(self), "user_id": user_id, "credits": to_hundredths(credits), "created_at": utcnow()}
 
 
 class PostgresLedger:

@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
 
 import anyio
 from sqlalchemy import insert
@@ -25,7 +24,7 @@ from creditgate.auth.service import Principal
 from creditgate.byok.service import keys_for
 from creditgate.catalog import pricing
 from creditgate.catalog.service import ModelConfig
-from creditgate.db.models import UsageRecord, utcnow
+from creditgate.db.models import UsageRecord
 from creditgate.errors import InsufficientCredits
 from creditgate.ledger import service as ledger
 from creditgate.ledger.fast import Usage
@@ -213,23 +212,13 @@ class Meter:
     ) -> Decimal:
         """One attempt: the one-round-trip close on Postgres, else (or when the hold is not open) the ORM path."""
         if self.rt.fast_ledger is not None and self.hold_id is not None:
-            usage = Usage(
-                self.request_id,
-                self.model.id,
-                provider,
-                prompt_tokens,
-                completion_tokens,
-                latency_ms,
-                outcome,
-                self.byok,
-            )
             closed = await self.rt.fast_ledger.close(
                 hold_id=self.hold_id,
                 status="settled",
                 charge=to_hundredths(charge),
                 description=f"{self.model.id} via {provider}",
                 user_id=self.principal.user_id,
-                usage=usage,
+                usage=self._usage(provider, prompt_tokens, completion_tokens, latency_ms, outcome),
             )
             if closed is not None:
                 charged, balance = from_hundredths(closed[0]), from_hundredths(closed[1])
@@ -257,7 +246,11 @@ class Meter:
                     )
             await session.execute(
                 insert(UsageRecord),
-                [self._usage(provider, prompt_tokens, completion_tokens, charged, latency_ms, outcome)],
+                [
+                    self._usage(provider, prompt_tokens, completion_tokens, latency_ms, outcome).row(
+                        user_id=self.principal.user_id, credits=charged
+                    )
+                ],
             )
         return charged
 
@@ -269,14 +262,13 @@ class Meter:
         with anyio.CancelScope(shield=True):
             try:
                 if self.rt.fast_ledger is not None and self.hold_id is not None:
-                    usage = Usage(self.request_id, self.model.id, provider, 0, 0, 0, outcome, self.byok)
                     closed = await self.rt.fast_ledger.close(
                         hold_id=self.hold_id,
                         status="released",
                         charge=0,
                         description=None,
                         user_id=self.principal.user_id,
-                        usage=usage,
+                        usage=self._usage(provider, 0, 0, 0, outcome),
                     )
                     if closed is not None:
                         metrics.committed(released=self.held)
@@ -284,7 +276,8 @@ class Meter:
                 async with self.rt.sessionmaker() as session, session.begin():
                     if self.hold_id is not None:
                         await ledger.release_hold(session, hold_id=self.hold_id, user_id=self.principal.user_id)
-                    await session.execute(insert(UsageRecord), [self._usage(provider, 0, 0, ZERO, 0, outcome)])
+                    usage = self._usage(provider, 0, 0, 0, outcome).row(user_id=self.principal.user_id, credits=ZERO)
+                    await session.execute(insert(UsageRecord), [usage])
             except Exception:  # the sweeper releases it at expiry
                 log.exception("could not release hold %s; the sweeper will", self.hold_id)
 
@@ -300,22 +293,9 @@ class Meter:
                     data={"balance": str(after), "threshold": str(threshold)},
                 )
 
-    def _usage(
-        self, provider: str | None, prompt: int, completion: int, charged: Decimal, latency_ms: int, outcome: str
-    ) -> dict[str, Any]:
-        return {
-            "request_id": self.request_id,
-            "user_id": self.principal.user_id,
-            "model": self.model.id,
-            "provider": provider,
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "credits": to_hundredths(charged),
-            "latency_ms": latency_ms,
-            "outcome": outcome,
-            "byok": self.byok,
-            "created_at": utcnow(),
-        }
+    def _usage(self, provider: str | None, prompt: int, completion: int, latency_ms: int, outcome: str) -> Usage:
+        """The usage record of this request, as both ledger paths write it."""
+        return Usage(self.request_id, self.model.id, provider, prompt, completion, latency_ms, outcome, self.byok)
 
 
 _UNREACHABLE = {  # asyncpg's names for "the server went away or is not back yet"

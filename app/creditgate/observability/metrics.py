@@ -99,13 +99,18 @@ def committed(*, held: Decimal | None = None, charged: Decimal | None = None, re
 
 def _count(info: Any, held: Decimal | None, charged: Decimal | None, released: Decimal | None) -> None:
     if held:
-        CREDITS_HELD.inc(float(held))
+        CREDITS_HELD.inc(_sample(held))
     if charged:
-        CREDITS_CHARGED.inc(float(charged))
+        CREDITS_CHARGED.inc(_sample(charged))
         if info is not None:
             info.charged = (info.charged or Decimal(0)) + charged
     if released:
-        CREDITS_RELEASED.inc(float(released))
+        CREDITS_RELEASED.inc(_sample(released))
+
+
+def _sample(credits: Decimal) -> float:
+    """Prometheus samples are floats: the one place credits become one, for exposition only (never read back)."""
+    return float(credits)
 
 
 @event.listens_for(Session, "after_rollback")
