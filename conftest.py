@@ -10,6 +10,9 @@ import os
 
 import pytest
 
+# Sums the schemathesis case count over xdist workers (pytest only, so the smoke venv can load it too).
+pytest_plugins = ["suites.contract.case_count"]
+
 
 def register_hypothesis_profiles() -> None:
     """``ci`` (200 examples) and ``dev`` (50); HYPOTHESIS_PROFILE or CI picks one, --hypothesis-profile wins."""

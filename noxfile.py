@@ -28,6 +28,7 @@ def pytest(session: nox.Session, *args: str) -> None:
         "pytest",
         "-n",
         os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "auto"),
+        "--dist=worksteal",  # an idle worker takes queued tests from a busy one: no long tail behind a slow test
         "--cov",
         "--cov-report=",
         f"--junitxml=reports/junit-{name}.xml",
