@@ -135,6 +135,17 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def mutants(session: nox.Session) -> None:
+    """mutmut over the money path, shard by shard; prints the score and the survivors, fails under the gate.
+
+    nox -s mutants (every shard); nox -s mutants -- --shard money --shard ledger; --list shows the shards
+    ([tool.creditgate.mutants] in pyproject.toml; equivalent mutants in tools/mutants_equivalent.toml).
+    """
+    install(session, "test", "mutants")
+    session.run("python", "tools/mutation_run.py", *session.posargs)
+
+
+@nox.session(default=False)
 def coverage(session: nox.Session) -> None:
     """Combine the sessions' coverage; gate the total (>= 85 %) and each money module (>= 95 %)."""
     session.install("coverage[toml]>=7.10")

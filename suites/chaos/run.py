@@ -43,7 +43,7 @@ import sqlalchemy as sa
 
 from creditgate.db.engine import create_engine
 from creditgate_harness.auditor import AuditReport, audit_url
-from creditgate_harness.oracle import OracleReport
+from creditgate_harness.oracle import OracleReport, Pricing, Served, parse_marker
 from creditgate_harness.services.base import run_sync
 from suites.load.provision import Admin, Provisioned, deactivate, provision, wait_for_holds
 from suites.load.run import REPORTS, LocustRun, endpoint_audit, money_oracle, start_locust
@@ -250,6 +250,47 @@ def answered_but_unsettled(database_url: str, rows: list[dict[str, Any]]) -> lis
     return lines
 
 
+def mispriced(database_url: str, rows: list[dict[str, Any]], upstream: str, pricing: Pricing) -> list[str]:
+    """Diagnosis when the oracle fails: each request whose settled charge differs from the oracle's price of what the
+    upstream served for it (or that was charged although its client saw a failure), with what the upstream recorded."""
+    by_gateway_id = {r["gateway_id"]: r for r in rows if r.get("gateway_id") and r.get("rid")}
+    served: dict[str, list[Served]] = {}
+    for row in httpx.get(f"{upstream}/_fake/served", timeout=60).json():
+        s = Served.from_json(row)
+        if (found := parse_marker(s.texts)) is not None:
+            served.setdefault(found[0], []).append(s)
+
+    async def query() -> list[tuple[str, int]]:
+        engine = create_engine(database_url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                found = await conn.execute(sa.text("SELECT request_id, charged FROM holds WHERE status = 'settled'"))
+                return [(str(a), int(b)) for a, b in found]
+        finally:
+            await engine.dispose()
+
+    lines = []
+    for request_id, charged in run_sync(query()):
+        r = by_gateway_id.get(request_id)
+        if r is None:
+            continue
+        rows_ = [s for s in served.get(r["rid"], []) if s.stream == bool(r.get("stream"))]
+        expected = rows_[-1].price(pricing) if rows_ and 200 <= r["status"] < 300 else Decimal(0)
+        if Decimal(charged) / 100 == expected:
+            continue
+        upstream_saw = "; ".join(
+            f"usage_sent={s.usage_sent} complete={s.complete} tokens={s.prompt_tokens}+{s.completion_tokens} "
+            f"content={len(s.content)}ch max_tokens={s.max_tokens}"
+            for s in rows_
+        )
+        lines.append(
+            f"{'stream' if r.get('stream') else 'chat'} {r['rid']} (client: {r['status']}, complete="
+            f"{r.get('complete', True)}) charged {charged / 100:.2f}, oracle {expected};"
+            f" upstream: {upstream_saw or 'none'}"
+        )
+    return lines
+
+
 def judge(s: Scenario, *, margin: float) -> None:
     f = figures(s.rows, s.window, margin=margin)
     s.figures.update(f)
@@ -353,6 +394,13 @@ def main(argv: list[str] | None = None) -> int:
             audit = endpoint_audit(admin, first.provisioned.accounts, grace=SWEEP_INTERVAL + 5)
             if not oracle.ok:
                 oracle.notes += answered_but_unsettled(stack.database_url, first.all_rows or [])
+                pricing = Pricing.from_catalog(
+                    httpx.get(f"{stack.url}/catalog/models", timeout=30).json(),
+                    margin=Decimal("1.5"),
+                    credit_value_usd=Decimal("0.01"),
+                    increment=admin.increment(),
+                )
+                oracle.notes += mispriced(stack.database_url, first.all_rows or [], stack.upstream_url, pricing)
             for s in run:
                 s.oracle, s.audit = oracle, audit
                 judge(s, margin=args.margin)

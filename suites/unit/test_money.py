@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from creditgate.money import charge_for_cost, check_increment, credits, from_hundredths, to_hundredths
+from creditgate.money import (
+    charge_for_cost,
+    check_increment,
+    credits,
+    from_hundredths,
+    to_hundredths,
+    usd_to_credits,
+)
 from creditgate_harness.strategies import increments, margins, vendor_costs
 
 CV = Decimal("0.01")
@@ -83,3 +90,58 @@ def test_charge_rejects_negative_cost_and_bad_margin() -> None:
         charge_for_cost(cost_usd=Decimal(-1), margin=Decimal(1), credit_value_usd=CV, increment=Decimal("0.1"))
     with pytest.raises(ValueError):
         charge_for_cost(cost_usd=Decimal(1), margin=Decimal(0), credit_value_usd=CV, increment=Decimal("0.1"))
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("NaN", "credit amount must be finite"),
+        ("Infinity", "credit amount must be finite"),
+        ("1.005", "credit amount 1.005 has more than two decimal places"),
+    ],
+)
+def test_credit_parse_errors_say_what_is_wrong(bad: str, message: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        credits(bad)
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize(
+    ("cost", "margin", "credit_value", "message"),
+    [
+        ("-0.01", "1", "0.01", "vendor cost cannot be negative"),
+        ("1", "0", "0.01", "margin and credit value must be positive"),
+        ("1", "-1", "0.01", "margin and credit value must be positive"),
+        ("1", "1", "0", "margin and credit value must be positive"),
+        ("1", "1", "-0.01", "margin and credit value must be positive"),
+    ],
+)
+def test_charge_errors_say_what_is_wrong(cost: str, margin: str, credit_value: str, message: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        charge_for_cost(
+            cost_usd=Decimal(cost), margin=Decimal(margin), credit_value_usd=Decimal(credit_value), increment=CV
+        )
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize(
+    ("usd", "credit_value", "expected"),
+    [
+        ("10", "0.01", "1000.00"),
+        ("0.019", "0.01", "1.90"),
+        ("0.00999", "0.01", "0.99"),  # rounds down, never half-even up to 1.00: top-ups never create credits
+        ("0.05", "0.02", "2.50"),
+        ("0.001", "0.01", "0.10"),
+        ("0.0000999", "0.01", "0.00"),
+    ],
+)
+def test_usd_to_credits_rounds_down_to_the_cent(usd: str, credit_value: str, expected: str) -> None:
+    result = usd_to_credits(Decimal(usd), credit_value_usd=Decimal(credit_value))
+    assert result == Decimal(expected)
+    assert result.as_tuple().exponent == -2
+
+
+@given(usd=st.decimals(min_value=0, max_value=10**6, places=6))
+def test_usd_to_credits_never_exceeds_the_payment(usd: Decimal) -> None:
+    result = usd_to_credits(usd, credit_value_usd=CV)
+    assert result * CV <= usd < (result + Decimal("0.01")) * CV

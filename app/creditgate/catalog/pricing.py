@@ -52,7 +52,7 @@ def max_affordable_tokens(
     # A charge rounds up to the increment, so only whole increments of the balance can be spent.
     spendable = (balance / increment).to_integral_value(rounding=ROUND_FLOOR) * increment
     budget_usd = spendable * credit_value_usd / margin - model.input_per_1k * prompt_tokens / 1000
-    if budget_usd <= 0:
+    if budget_usd < 0:
         return 0
     if model.output_per_1k == 0:
         return model.max_output_tokens

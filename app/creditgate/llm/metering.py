@@ -17,14 +17,14 @@ from datetime import timedelta
 from decimal import Decimal
 
 import anyio
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from creditgate.auth.service import Principal
 from creditgate.byok.service import keys_for
 from creditgate.catalog import pricing
 from creditgate.catalog.service import ModelConfig
-from creditgate.db.models import UsageRecord
+from creditgate.db.models import Hold, UsageRecord
 from creditgate.errors import InsufficientCredits
 from creditgate.ledger import service as ledger
 from creditgate.ledger.fast import Usage
@@ -176,14 +176,18 @@ class Meter:
 
         The upstream has answered, so a settle the database cannot take now (Postgres restarting) is retried with
         backoff for up to half the hold's TTL: given up, the sweeper would release the hold and the answer go free.
+        An attempt that failed that way may still have committed (the reply was lost with the connection), so each
+        retry first looks whether the hold is already settled, and then returns what that attempt charged.
         """
         if self.closed:
             return ZERO
         self.closed = True
-        delay, deadline = 0.1, time.monotonic() + self.rt.settings.hold_ttl_seconds / 2
+        delay, deadline, ambiguous = 0.1, time.monotonic() + self.rt.settings.hold_ttl_seconds / 2, False
         with anyio.CancelScope(shield=True):
             while True:
                 try:
+                    if ambiguous and (committed := await self._committed_charge()) is not None:
+                        return committed
                     return await self._settle(
                         charge=charge,
                         provider=provider,
@@ -196,9 +200,21 @@ class Meter:
                     if not _unreachable(exc) or time.monotonic() > deadline:
                         raise
                     log.warning("settling hold %s: database unreachable (%s); retrying", self.hold_id, exc)
+                    ambiguous = True
                     await anyio.sleep(delay)
                     delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable: the shielded loop returns or raises")  # pragma: no cover
+
+    async def _committed_charge(self) -> Decimal | None:
+        """What an earlier settle attempt charged if it committed: the hold is settled, or (the sweeper was first)
+        expired with a late charge; ``None`` if no attempt committed (or there is no hold)."""
+        if self.hold_id is None:
+            return None
+        async with self.rt.sessionmaker() as session:
+            row = (await session.execute(select(Hold.status, Hold.charged).where(Hold.id == self.hold_id))).one()
+        if row.status == "settled" or (row.status == "expired" and row.charged > 0):
+            return from_hundredths(row.charged)
+        return None
 
     async def _settle(
         self,

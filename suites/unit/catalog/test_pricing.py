@@ -39,6 +39,44 @@ def test_affordable_edges(output_price: str, balance: str, expected: int) -> Non
     assert pricing.max_affordable_tokens(m, balance=Decimal(balance), prompt_tokens=10, **PRICE) == expected
 
 
+@pytest.mark.parametrize(
+    ("texts", "expected"),
+    [
+        ([], 3),  # the reply's priming only
+        (["abc"], 9),  # 3 bytes → 1 + 1, framing 4, priming 3
+        (["é" * 3, "hello world"], 18),  # bytes, not characters: 6 → 3 and 11 → 4; framing 8; priming 3
+    ],
+)
+def test_prompt_estimate_is_the_documented_formula(texts: list[str], expected: int) -> None:
+    assert pricing.estimate_prompt_tokens(texts) == expected
+
+
+def test_exact_affordable_tokens() -> None:
+    # 1.00 credit at margin 1.5 buys $0.006667; the 3,000-token prompt costs $0.003, leaving 1,833 output tokens.
+    m = model("0.001", "0.002")
+    assert pricing.max_affordable_tokens(m, balance=Decimal("1.00"), prompt_tokens=3000, **PRICE) == 1833
+
+
+def test_only_whole_increments_of_the_balance_count() -> None:
+    # 0.08 credit is less than one 0.1 increment: nothing is affordable (not rounded up to 0.1).
+    m = model("0.001", "0.002")
+    assert pricing.max_affordable_tokens(m, balance=Decimal("0.08"), prompt_tokens=10, **PRICE) == 0
+
+
+def test_free_output_after_an_exactly_paid_prompt_is_all_affordable() -> None:
+    # 0.10 credit pays the 1,000-token prompt exactly; output is free, so the model's whole output is affordable.
+    m = model("0.001", "0")
+    price = {**PRICE, "margin": Decimal(1)}
+    assert pricing.max_affordable_tokens(m, balance=Decimal("0.10"), prompt_tokens=1000, **price) == 5000
+    assert pricing.max_affordable_tokens(m, balance=Decimal("0.00"), prompt_tokens=1000, **price) == 0
+
+
+def test_images_are_charged_only_when_there_are_images() -> None:
+    m = model("0", "0").model_copy(update={"per_image": Decimal("0.04")})
+    assert pricing.credits_for(m, prompt_tokens=0, completion_tokens=0, **PRICE) == Decimal("0.00")
+    assert pricing.credits_for(m, prompt_tokens=0, completion_tokens=0, images=2, **PRICE) == Decimal("12.00")
+
+
 def test_prompt_estimate_is_never_below_a_bytes_over_four_count() -> None:
     texts = ["hello world", "ü" * 100, ""]
     assert pricing.estimate_prompt_tokens(texts) >= sum(len(t.encode()) // 4 for t in texts)

@@ -49,6 +49,42 @@ async def test_a_settle_the_database_cannot_take_is_retried_until_it_can(
     assert [u["credits"] for u in usage] == [charged]  # charged once, recorded once
 
 
+@pytest.mark.critical
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_settle_that_committed_before_the_connection_died_is_not_refused_on_retry(
+    async_client: httpx.AsyncClient,
+    cg_funded_user: TestUser,
+    cg_runtime: Runtime,
+    cg_upstream: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ambiguous commit: the settle committed, the reply was lost with the connection (Postgres going down).
+    The retry finds the hold settled: the client gets its answer, charged once (not a 409 for a charged answer)."""
+    assert cg_runtime.fast_ledger is not None
+    real_close, lost = cg_runtime.fast_ledger.close, []
+
+    async def committed_then_lost(**kwargs: Any) -> Any:
+        result = await real_close(**kwargs)
+        if not lost and kwargs["status"] == "settled":
+            lost.append(result)
+            raise ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return result
+
+    monkeypatch.setattr(cg_runtime.fast_ledger, "close", committed_then_lost)
+    cg_upstream.push(Reply(prompt_tokens=1000, completion_tokens=1000))
+
+    response = await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)
+
+    assert response.status_code == 200, response.text
+    charged = response.headers["X-Creditgate-Credits-Charged"]
+    assert lost
+    assert charged == f"{lost[0][0] / 100:.2f}"
+    balance = (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"]
+    assert balance == f"{1000 - float(charged):.2f}"
+    usage = (await async_client.get("/user/usage", headers=cg_funded_user.headers)).json()["data"]
+    assert [u["credits"] for u in usage] == [charged]
+
+
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 async def test_a_statement_the_database_refuses_is_not_retried(
     cg_runtime: Runtime, monkeypatch: pytest.MonkeyPatch, async_client: httpx.AsyncClient, cg_funded_user: TestUser
