@@ -1,0 +1,164 @@
+"""app/ledger/service.py, what the books record besides the balance: hold statuses and times, who and what each
+entry names, an org member's allocation across a hold's life, the sweeper's choice of holds, error messages."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from creditgate.db.models import Account, Hold, LedgerEntry, Membership, Org, utcnow
+from creditgate.errors import Conflict, InvalidRequest
+from creditgate.ledger import service as ledger
+from creditgate.ledger.sweeper import sweep_once
+from creditgate_harness.gateway import TestUser
+
+TTL = timedelta(minutes=10)
+SM = async_sessionmaker[AsyncSession]
+
+
+async def _hold(sm: SM, account_id: int, amount: str, request_id: str, **kw: int) -> int:
+    async with sm() as s, s.begin():
+        return await ledger.place_hold(
+            s, account_id=account_id, amount=Decimal(amount), request_id=request_id, ttl=TTL, **kw
+        )
+
+
+async def _hold_row(sm: SM, hold_id: int) -> Hold:
+    async with sm() as s:
+        hold: Hold = await s.get_one(Hold, hold_id)
+        return hold
+
+
+async def _entries(sm: SM, hold_id: int) -> list[tuple[str, int, int | None, str | None]]:
+    async with sm() as s:
+        rows = await s.execute(
+            select(LedgerEntry.type, LedgerEntry.amount, LedgerEntry.user_id, LedgerEntry.description)
+            .where(LedgerEntry.hold_id == hold_id)
+            .order_by(LedgerEntry.id)
+        )
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+async def test_a_settled_hold_records_its_status_charge_and_time(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+    before = utcnow()
+    hold_id = await _hold(cg_sessionmaker, cg_funded_user.account_id, "10", "r1", user_id=cg_funded_user.id)
+    async with cg_sessionmaker() as s, s.begin():
+        await ledger.settle_hold(
+            s, hold_id=hold_id, charge=Decimal("2.5"), description="m via p", user_id=cg_funded_user.id
+        )
+    hold = await _hold_row(cg_sessionmaker, hold_id)
+    assert (hold.status, hold.charged) == ("settled", 250)
+    assert hold.closed_at is not None
+    assert hold.closed_at.replace(tzinfo=None) >= before.replace(tzinfo=None)
+    assert await _entries(cg_sessionmaker, hold_id) == [
+        ("hold", -1000, cg_funded_user.id, None),
+        ("release", 1000, cg_funded_user.id, None),
+        ("api_usage", -250, cg_funded_user.id, "m via p"),
+    ]
+
+
+async def test_a_released_hold_records_its_status_and_who(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+    hold_id = await _hold(cg_sessionmaker, cg_funded_user.account_id, "10", "r1", user_id=cg_funded_user.id)
+    async with cg_sessionmaker() as s, s.begin():
+        assert await ledger.release_hold(s, hold_id=hold_id, user_id=cg_funded_user.id)
+    hold = await _hold_row(cg_sessionmaker, hold_id)
+    assert (hold.status, hold.charged) == ("released", 0)
+    assert hold.closed_at is not None
+    assert await _entries(cg_sessionmaker, hold_id) == [
+        ("hold", -1000, cg_funded_user.id, None),
+        ("release", 1000, cg_funded_user.id, None),
+    ]
+
+
+async def _org_member(sm: SM, user: TestUser, *, org_credits: str, allocation: str) -> tuple[int, int]:
+    """``user`` as a member of a new org holding ``org_credits``: (org account id, membership id)."""
+    async with sm() as s, s.begin():
+        org = Org(name=f"org-{user.id}")
+        s.add(org)
+        await s.flush()
+        account = Account(org_id=org.id, balance=0)
+        membership = Membership(
+            org_id=org.id, user_id=user.id, role="member", allocation=int(Decimal(allocation) * 100), used=0
+        )
+        s.add_all([account, membership])
+        await s.flush()
+        await ledger.post_entry(s, account_id=account.id, amount=Decimal(org_credits), type="adjustment")
+        return account.id, membership.id
+
+
+async def _used(sm: SM, membership_id: int) -> int:
+    async with sm() as s:
+        return (await s.get_one(Membership, membership_id)).used
+
+
+@pytest.mark.critical
+async def test_an_org_members_allocation_follows_each_hold(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+    account_id, membership_id = await _org_member(cg_sessionmaker, cg_funded_user, org_credits="100", allocation="50")
+    kw = {"membership_id": membership_id, "user_id": cg_funded_user.id}
+    settled = await _hold(cg_sessionmaker, account_id, "20", "r1", **kw)
+    released = await _hold(cg_sessionmaker, account_id, "15", "r2", **kw)
+    assert await _used(cg_sessionmaker, membership_id) == 3500
+
+    async with cg_sessionmaker() as s, s.begin():
+        await ledger.settle_hold(s, hold_id=settled, charge=Decimal("4"))
+    assert await _used(cg_sessionmaker, membership_id) == 1900  # 20 held → 4 charged: 16 back to the allocation
+    async with cg_sessionmaker() as s, s.begin():
+        await ledger.release_hold(s, hold_id=released)
+    assert await _used(cg_sessionmaker, membership_id) == 400  # only what was charged stays used
+
+    expired = await _hold(cg_sessionmaker, account_id, "30", "r3", **kw)
+    async with cg_sessionmaker() as s, s.begin():
+        await s.execute(update(Hold).where(Hold.id == expired).values(expires_at=utcnow() - TTL))
+    assert await sweep_once(cg_sessionmaker) == 1
+    assert await _used(cg_sessionmaker, membership_id) == 400
+    async with cg_sessionmaker() as s, s.begin():
+        result = await ledger.settle_hold(s, hold_id=expired, charge=Decimal("6"))
+    assert result.late
+    assert await _used(cg_sessionmaker, membership_id) == 1000  # a late charge counts against the allocation too
+    async with cg_sessionmaker() as s:
+        assert await ledger.balance_of(s, account_id) == Decimal("90.00")
+
+
+async def test_the_sweeper_expires_only_open_holds_past_their_expiry_oldest_first(
+    cg_sessionmaker: SM, cg_funded_user: TestUser, caplog: pytest.LogCaptureFixture
+) -> None:
+    account = cg_funded_user.account_id
+    ids = [await _hold(cg_sessionmaker, account, "1", f"r{i}") for i in range(4)]
+    now = utcnow()
+    async with cg_sessionmaker() as s, s.begin():
+        await s.execute(update(Hold).where(Hold.id.in_(ids[:3])).values(expires_at=now - TTL))
+        await s.execute(update(Hold).where(Hold.id == ids[3]).values(expires_at=now))
+        assert await ledger.release_hold(s, hold_id=ids[2])  # past its expiry, but closed already
+    async with cg_sessionmaker() as s:
+        assert await ledger.expired_hold_ids(s, now=now) == ids[:2]  # expiring exactly now is not yet expired
+        assert await ledger.expired_hold_ids(s, now=now, limit=1) == ids[:1]
+        assert await ledger.expired_hold_ids(s, now=now + timedelta(seconds=1)) == [ids[0], ids[1], ids[3]]
+
+    async with cg_sessionmaker() as s, s.begin():
+        await s.execute(update(Hold).where(Hold.id == ids[3]).values(expires_at=now + TTL))
+    with caplog.at_level(logging.WARNING, logger="creditgate.ledger.sweeper"):
+        assert await sweep_once(cg_sessionmaker) == 2
+    assert "released 2 expired holds" in caplog.text
+    statuses = [(await _hold_row(cg_sessionmaker, i)).status for i in ids]
+    assert statuses == ["expired", "expired", "released", "open"]
+
+
+async def test_ledger_errors_say_what_is_wrong(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+    hold_id = await _hold(cg_sessionmaker, cg_funded_user.account_id, "5", "r1")
+    with pytest.raises(InvalidRequest) as negative:
+        async with cg_sessionmaker() as s, s.begin():
+            await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal("-1"))
+    assert negative.value.message == "a charge cannot be negative"
+    kw = {"account_id": cg_funded_user.account_id, "type": "purchase", "idempotency_key": "evt_9"}
+    async with cg_sessionmaker() as s, s.begin():
+        await ledger.post_entry(s, amount=Decimal(5), **kw)
+    with pytest.raises(Conflict) as conflict:
+        async with cg_sessionmaker() as s, s.begin():
+            await ledger.post_entry(s, amount=Decimal(6), **kw)
+    assert conflict.value.message == "idempotency key 'evt_9' was already used with different fields"
+    assert conflict.value.extra == {"idempotency_key": "evt_9"}
