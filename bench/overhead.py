@@ -1,7 +1,10 @@
 """Gateway overhead: the fake upstream called directly and through the gateway (1 worker, metering + ledger on).
 
 Prints RPS and p50/p99 latency at concurrency 1 and 32 for both, the RPS ratio and the added latency,
-on SQLite and (when available) Postgres. Run on demand: `nox -s bench` or `python -m bench.overhead`.
+on SQLite and (when available) Postgres. Beside them, the LiteLLM proxy (1 worker, no database) routed to the same
+fake upstream, measured in the same run so the ratios compare one machine state: its RPS against the upstream's, its
+added latency, and the gateway's RPS as a multiple of LiteLLM's (bench/litellm_proxy.py installs it into its own
+venv; when it cannot, one line says so and the rest runs). Run on demand: `nox -s bench` or `python -m bench.overhead`.
 Everything runs on loopback.
 """
 
@@ -19,15 +22,19 @@ from pathlib import Path
 import httpx
 
 from bench.common import fake_upstream, postgres_database
+from bench.litellm_proxy import HEADERS as LITELLM_HEADERS
+from bench.litellm_proxy import litellm_proxy
 from creditgate.auth import service as auth
 from creditgate.db.engine import create_engine, create_sessionmaker
 from creditgate.quotas.service import load_plans, set_plan
 from creditgate_harness.catalog import catalog_for_tests
 from creditgate_harness.gateway import migrate, start_gateway
+from creditgate_harness.servers import LiveServer
 from creditgate_harness.services import ServiceUnavailable
 from creditgate_harness.services.base import run_sync
 
-BODY = {"model": "test-model", "max_tokens": 20, "messages": [{"role": "user", "content": "bench"}]}
+MODEL = "test-model"
+BODY = {"model": MODEL, "max_tokens": 20, "messages": [{"role": "user", "content": "bench"}]}
 
 
 async def _key(url: str) -> str:
@@ -67,13 +74,49 @@ async def measure(url: str, headers: dict[str, str], *, concurrency: int, reques
 VARIANTS = {"default": {}, "orm, no caches": {"CREDITGATE_FAST_LEDGER": "false", "CREDITGATE_CACHE_SECONDS": "0"}}
 
 
-def run(database_url: str, label: str, fake_url: str, requests: int, variant: str = "default") -> None:
+Cell = tuple[float, float, float]  # rps, p50 ms, p99 ms
+
+
+def _measure_litellm(litellm: LiveServer, concurrency: int, requests: int) -> Cell | None:
+    """LiteLLM's cell, or ``None`` after one line saying why: the comparison failing mid-run must not end the bench."""
+    try:
+        return asyncio.run(
+            measure(f"{litellm.url}/v1/chat/completions", LITELLM_HEADERS, concurrency=concurrency, requests=requests)
+        )
+    except (AssertionError, httpx.HTTPError) as exc:
+        print(f"LiteLLM: skipped at concurrency {concurrency} ({type(exc).__name__}: {str(exc)[:200]})")
+        return None
+
+
+def _print_litellm(rows: list[tuple[int, Cell, Cell, Cell]]) -> None:
+    """LiteLLM's rows under the table: its RPS as a share of the upstream's, its added p50, and the gateway's RPS as
+    a multiple of LiteLLM's (the comparison the issue asks for)."""
+    print(
+        f"{'concurrency':>11} {'litellm rps':>12} {'ratio':>6} {'litellm p50':>12} {'added p50':>10} "
+        f"{'litellm p99':>12} {'gw/litellm rps':>15}"
+    )
+    for concurrency, (d_rps, d_p50, _), (g_rps, _, _), (l_rps, l_p50, l_p99) in rows:
+        print(
+            f"{concurrency:>11} {l_rps:>12.0f} {l_rps / d_rps:>6.0%} {l_p50:>10.2f}ms {l_p50 - d_p50:>8.2f}ms "
+            f"{l_p99:>10.2f}ms {g_rps / l_rps:>14.2f}×"
+        )
+
+
+def run(
+    database_url: str,
+    label: str,
+    fake_url: str,
+    requests: int,
+    variant: str = "default",
+    litellm: LiveServer | None = None,
+) -> None:
     migrate(database_url)
     key = run_sync(_key(database_url))
     root = Path(tempfile.mkdtemp())
     (root / "catalog.json").write_text(catalog_for_tests(f"{fake_url}/v1").model_dump_json())
     env = {"CREDITGATE_DATABASE_URL": database_url, "CREDITGATE_CATALOG": str(root / "catalog.json")}
     gateway = start_gateway(env=env | VARIANTS[variant], log_path=root / "gateway.log")
+    litellm_rows: list[tuple[int, Cell, Cell, Cell]] = []
     try:
         print(f"\n{label} ({variant}): {requests} requests per cell")
         print(
@@ -96,21 +139,26 @@ def run(database_url: str, label: str, fake_url: str, requests: int, variant: st
                 f"{concurrency:>11} {d_rps:>11.0f} {g_rps:>12.0f} {g_rps / d_rps:>6.0%} {d_p50:>9.2f}ms "
                 f"{g_p50:>6.2f}ms {g_p50 - d_p50:>8.2f}ms {d_p99:>9.2f}ms {g_p99:>6.2f}ms"
             )
+            if litellm is not None and (cell := _measure_litellm(litellm, concurrency, requests)) is not None:
+                litellm_rows.append((concurrency, (d_rps, d_p50, d_p99), (g_rps, g_p50, g_p99), cell))
     finally:
         gateway.stop()
+    if litellm_rows:
+        _print_litellm(litellm_rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=500)
     args, _ = parser.parse_known_args()
-    with fake_upstream() as fake_url:
+    with fake_upstream() as fake_url, litellm_proxy(fake_url, MODEL) as litellm:
         for variant in VARIANTS:
-            run(f"sqlite+aiosqlite:///{tempfile.mkdtemp()}/bench.db", "SQLite", fake_url, args.requests, variant)
+            sqlite = f"sqlite+aiosqlite:///{tempfile.mkdtemp()}/bench.db"
+            run(sqlite, "SQLite", fake_url, args.requests, variant, litellm)
         try:
             for variant in VARIANTS:
                 with postgres_database("cg_bench") as (url, _):
-                    run(url, "Postgres", fake_url, args.requests, variant)
+                    run(url, "Postgres", fake_url, args.requests, variant, litellm)
         except ServiceUnavailable as exc:
             print(f"\nPostgres: skipped ({exc})")
 
