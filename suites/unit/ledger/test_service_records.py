@@ -12,10 +12,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from creditgate.db.models import Account, Hold, LedgerEntry, Membership, Org, utcnow
-from creditgate.errors import Conflict, InvalidRequest
+from creditgate.errors import Conflict, InsufficientCredits, InvalidRequest
 from creditgate.ledger import service as ledger
 from creditgate.ledger.sweeper import sweep_once
-from creditgate_harness.gateway import TestUser
+from creditgate_harness.gateway import TestUser, UserFactory
 
 TTL = timedelta(minutes=10)
 SM = async_sessionmaker[AsyncSession]
@@ -162,3 +162,101 @@ async def test_ledger_errors_say_what_is_wrong(cg_sessionmaker: SM, cg_funded_us
             await ledger.post_entry(s, amount=Decimal(6), **kw)
     assert conflict.value.message == "idempotency key 'evt_9' was already used with different fields"
     assert conflict.value.extra == {"idempotency_key": "evt_9"}
+
+
+@pytest.mark.critical
+async def test_an_allocation_refusal_says_why_and_reserves_nothing(
+    cg_sessionmaker: SM, cg_funded_user: TestUser
+) -> None:
+    account_id, membership_id = await _org_member(cg_sessionmaker, cg_funded_user, org_credits="100", allocation="10")
+    kw = {"membership_id": membership_id, "user_id": cg_funded_user.id}
+    await _hold(cg_sessionmaker, account_id, "7", "r1", **kw)
+    with pytest.raises(InsufficientCredits) as refused:
+        await _hold(cg_sessionmaker, account_id, "3.01", "r2", **kw)
+    assert refused.value.message == (
+        "your organization allocation is exhausted: 3.00 of 10.00 left, this request may cost up to 3.01"
+    )
+    assert refused.value.extra == {
+        "reason": "allocation_exhausted",
+        "allocation": "10.00",
+        "balance": "3.00",
+        "required": "3.01",
+    }
+    assert await _used(cg_sessionmaker, membership_id) == 700
+    await _hold(cg_sessionmaker, account_id, "3", "r3", **kw)  # exactly what is left still fits
+    assert await _used(cg_sessionmaker, membership_id) == 1000
+
+    async with cg_sessionmaker() as s, s.begin():
+        await s.execute(update(Membership).where(Membership.id == membership_id).values(allocation=0, used=0))
+    with pytest.raises(InsufficientCredits) as none:
+        await _hold(cg_sessionmaker, account_id, "1", "r4", **kw)
+    assert none.value.message == "you have no credit allocation in your organization; ask an org admin for one"
+    assert none.value.extra == {
+        "reason": "no_allocation",
+        "allocation": "0.00",
+        "balance": "0.00",
+        "required": "1",
+    }
+    assert await _used(cg_sessionmaker, membership_id) == 0
+
+
+async def test_held_is_the_sum_of_this_accounts_open_holds(
+    cg_sessionmaker: SM, cg_funded_user: TestUser, cg_user_factory: UserFactory
+) -> None:
+    other = await cg_user_factory(credits="100")
+    account = cg_funded_user.account_id
+    async with cg_sessionmaker() as s:
+        assert await ledger.held_amount(s, account) == Decimal("0.00")
+    first = await _hold(cg_sessionmaker, account, "2.5", "r1")
+    await _hold(cg_sessionmaker, account, "4", "r2")
+    await _hold(cg_sessionmaker, other.account_id, "9", "r3")
+    async with cg_sessionmaker() as s, s.begin():
+        await ledger.settle_hold(s, hold_id=first, charge=Decimal(1))
+    async with cg_sessionmaker() as s:
+        assert await ledger.held_amount(s, account) == Decimal("4.00")
+        assert await ledger.held_amount(s, other.account_id) == Decimal("9.00")
+
+
+async def test_signed_sums_per_entry_type(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+    account = cg_funded_user.account_id
+    async with cg_sessionmaker() as s, s.begin():
+        await ledger.post_entry(s, account_id=account, amount=Decimal(5), type="bonus")
+        await ledger.post_entry(s, account_id=account, amount=Decimal(-2), type="refund")
+    async with cg_sessionmaker() as s:
+        row = (
+            await s.execute(
+                select(
+                    ledger.signed_sum("bonus"),
+                    ledger.signed_sum("refund", negate=True),
+                    ledger.signed_sum("refund"),
+                    ledger.signed_sum("api_usage"),
+                ).where(LedgerEntry.account_id == account)
+            )
+        ).one()
+    assert tuple(row) == (100_000 + 500, 200, -200, 0)  # the harness funds the user with a 1,000-credit bonus
+
+
+async def test_the_sweeper_loop_survives_a_failed_round(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    from creditgate.ledger import sweeper
+
+    rounds: list[int] = []
+
+    async def flaky(sessionmaker: object) -> int:
+        rounds.append(1)
+        if len(rounds) == 1:
+            raise RuntimeError("database went away")
+        if len(rounds) == 3:
+            raise asyncio.CancelledError
+        return 0
+
+    original = sweeper.sweep_once
+    sweeper.sweep_once = flaky  # type: ignore[assignment]
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await sweeper.run_forever(None, interval=0.01)  # type: ignore[arg-type]
+    finally:
+        sweeper.sweep_once = original
+    assert len(rounds) == 3
+    assert "hold sweep failed" in caplog.text
