@@ -163,8 +163,11 @@ def coverage(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def ci(session: nox.Session) -> None:
-    """Everything CI gates on: lint, types, all suites under coverage, the coverage gates, the example project."""
+    """Everything CI gates on: lint, types, all suites under coverage, the coverage gates, the example project,
+    the short chaos run (every fault, judged by the money oracle) and the mutation gate on money and pricing."""
     for stale in (f for f in os.listdir(".") if f.startswith(".coverage")):
         os.remove(stale)
     for name in ("lint", "typecheck", "tests", "coverage", "example"):
         session.notify(name)
+    session.notify("chaos", ["--short"])
+    session.notify("mutants", ["--shard", "money"])

@@ -42,7 +42,7 @@ schema = schemathesis.openapi.from_dict(create_app(Settings(_env_file=None), cat
 
 
 @schema.parametrize()
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_schema(case: schemathesis.Case, contract_gateway: ContractGateway) -> None:
     count_schema_case()
     case.call_and_validate(
