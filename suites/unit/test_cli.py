@@ -1,24 +1,31 @@
-"""app/cli.py: migrate, create-key, `serve --demo` end to end in a subprocess, and every operator mistake as one
-line with exit code 2 (the table in README "Operators")."""
+"""app/cli.py: migrate, create-key, `serve --demo` end to end in a subprocess (the entry point as operators run it),
+and every operator mistake as one line with exit code 2 (the table in README "Operators"), checked through
+``main(argv)`` in this process."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import subprocess
 import sys
 import time
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import pytest
 
-from creditgate.cli import build_parser
+from creditgate.cli import build_parser, main
 from creditgate_harness.auditor import audit_url
 from creditgate_harness.services.base import free_port
 
 
-def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli_process(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m creditgate.cli …`` in a subprocess: the entry point exactly as an operator runs it."""
     return subprocess.run(
         [sys.executable, "-m", "creditgate.cli", *args],
         cwd=cwd,
@@ -30,16 +37,36 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
     )
 
 
+@dataclass(frozen=True)
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Ran:
+    """``creditgate.cli.main(args)`` in this process, with ``env`` and ``cwd``, its output and exit code captured:
+    the same code path as the entry point (``cli_process`` covers that), without an interpreter start per case."""
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, env or {}), contextlib.chdir(cwd), redirect_stdout(out), redirect_stderr(err):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
 def test_migrate_and_create_key(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
     env = {"CREDITGATE_DATABASE_URL": url}
-    assert cli("migrate", cwd=tmp_path, env=env).returncode == 0
-    first = cli("create-key", "--email", "a@example.test", "--credits", "12.50", cwd=tmp_path, env=env)
+    assert cli_process("migrate", cwd=tmp_path, env=env).returncode == 0
+    first = cli_process("create-key", "--email", "a@example.test", "--credits", "12.50", cwd=tmp_path, env=env)
     assert first.returncode == 0, first.stderr
     assert re.fullmatch(r"cg_[\w-]{43}\n", first.stdout)
-    second = cli("create-key", "--email", "a@example.test", "--credits", "99", cwd=tmp_path, env=env)
+    second = cli_process("create-key", "--email", "a@example.test", "--credits", "99", cwd=tmp_path, env=env)
     assert second.stdout != first.stdout  # a second key for the same user, no second grant
-    bad = cli("create-key", "--email", "b@example.test", "--credits", "1.001", cwd=tmp_path, env=env)
+    bad = cli_process("create-key", "--email", "b@example.test", "--credits", "1.001", cwd=tmp_path, env=env)
     assert bad.returncode == 2
     assert "not a credit amount" in bad.stderr
     report = audit_url(url)
