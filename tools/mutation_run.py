@@ -101,8 +101,22 @@ def workspace(shard: Shard) -> Path:
     return ws
 
 
-def run_shard(shard: Shard) -> Result:
+def forget_open_verdicts(ws: Path, *, fresh: bool) -> None:
+    """mutmut keeps a verdict until the mutated function changes, so a test added since would not count: every
+    verdict but "killed" is cleared and re-tested (``--fresh`` clears all of them, and mutmut's statistics too)."""
+    if fresh:
+        shutil.rmtree(ws / "mutants", ignore_errors=True)
+        return
+    for meta in (ws / "mutants").rglob("*.meta"):
+        data = json.loads(meta.read_text())
+        codes = data["exit_code_by_key"]
+        data["exit_code_by_key"] = {key: code if code in KILLED else None for key, code in codes.items()}
+        meta.write_text(json.dumps(data))
+
+
+def run_shard(shard: Shard, *, fresh: bool) -> Result:
     ws = workspace(shard)
+    forget_open_verdicts(ws, fresh=fresh)
     REPORTS.mkdir(parents=True, exist_ok=True)
     log = REPORTS / f"{shard.name}.log"
     started = time.monotonic()
@@ -135,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shard", action="append", default=[], help="run only this shard (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the shards and exit")
+    parser.add_argument("--fresh", action="store_true", help="forget every earlier verdict (killed ones too)")
     args = parser.parse_args(argv)
 
     min_score, shards = load_config()
@@ -150,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [shard for shard in shards if not args.shard or shard.name in args.shard]
     equivalent = load_equivalents()
 
-    results = [run_shard(shard) for shard in chosen]
+    results = [run_shard(shard, fresh=args.fresh) for shard in chosen]
     failed = False
     print(f"\nmutation score (killed / (mutants - equivalent)), gate {min_score:.0f} % per shard")
     print(f"{'shard':10} {'mutants':>8} {'equiv':>6} {'killed':>7} {'open':>5} {'score':>7} {'time':>7}")

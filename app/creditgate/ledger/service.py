@@ -70,7 +70,7 @@ async def _move(session: AsyncSession, *, account_id: int, delta: int, require_f
 
 async def _append(session: AsyncSession, *rows: dict[str, object]) -> None:
     """Append ledger rows with one INSERT (hot path: no ORM objects)."""
-    await session.execute(insert(LedgerEntry), [{"created_at": utcnow(), **row} for row in rows])
+    await session.execute(insert(LedgerEntry), list(rows))  # created_at: the column's default
 
 
 async def _write(
@@ -384,7 +384,7 @@ async def held_amount(session: AsyncSession, account_id: int) -> Decimal:
     units = await session.scalar(
         select(func.coalesce(func.sum(Hold.amount), 0)).where(Hold.account_id == account_id, Hold.status == "open")
     )
-    return from_hundredths(int(units or 0))
+    return from_hundredths(int(units))
 
 
 def signed_sum(type_: str, *, negate: bool = False) -> ColumnElement[int]:

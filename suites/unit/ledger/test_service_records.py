@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from creditgate.db.models import Account, Hold, LedgerEntry, Membership, Org, utcnow
-from creditgate.errors import Conflict, InsufficientCredits, InvalidRequest
+from creditgate.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
 from creditgate.ledger import service as ledger
 from creditgate.ledger.sweeper import sweep_once
 from creditgate_harness.gateway import TestUser, UserFactory
@@ -143,7 +143,9 @@ async def test_the_sweeper_expires_only_open_holds_past_their_expiry_oldest_firs
         await s.execute(update(Hold).where(Hold.id == ids[3]).values(expires_at=now + TTL))
     with caplog.at_level(logging.WARNING, logger="creditgate.ledger.sweeper"):
         assert await sweep_once(cg_sessionmaker) == 2
-    assert "released 2 expired holds" in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.name == "creditgate.ledger.sweeper"] == [
+        "released 2 expired holds"
+    ]
     statuses = [(await _hold_row(cg_sessionmaker, i)).status for i in ids]
     assert statuses == ["expired", "expired", "released", "open"]
 
@@ -244,6 +246,7 @@ async def test_the_sweeper_loop_survives_a_failed_round(caplog: pytest.LogCaptur
     rounds: list[int] = []
 
     async def flaky(sessionmaker: object) -> int:
+        assert sessionmaker == "the sessionmaker"
         rounds.append(1)
         if len(rounds) == 1:
             raise RuntimeError("database went away")
@@ -255,8 +258,123 @@ async def test_the_sweeper_loop_survives_a_failed_round(caplog: pytest.LogCaptur
     sweeper.sweep_once = flaky  # type: ignore[assignment]
     try:
         with pytest.raises(asyncio.CancelledError):
-            await sweeper.run_forever(None, interval=0.01)  # type: ignore[arg-type]
+            await sweeper.run_forever("the sessionmaker", interval=0.01)  # type: ignore[arg-type]
     finally:
         sweeper.sweep_once = original
     assert len(rounds) == 3
-    assert "hold sweep failed" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == ["hold sweep failed"]
+
+
+def _counter(name: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+@pytest.mark.critical
+async def test_a_late_settle_charges_what_the_hold_and_the_balance_allow_and_says_so(
+    cg_sessionmaker: SM, cg_user_factory: UserFactory
+) -> None:
+    user = await cg_user_factory(credits="10")
+
+    async def expired_hold(amount: str, request_id: str) -> int:
+        hold_id = await _hold(cg_sessionmaker, user.account_id, amount, request_id, user_id=user.id)
+        async with cg_sessionmaker() as s, s.begin():
+            await s.execute(update(Hold).where(Hold.id == hold_id).values(expires_at=utcnow() - TTL))
+        assert await sweep_once(cg_sessionmaker) == 1
+        return hold_id
+
+    capped = await expired_hold("3", "r1")
+    charged_before = _counter("creditgate_credits_charged_total")
+    async with cg_sessionmaker() as s, s.begin():
+        result = await ledger.settle_hold(
+            s, hold_id=capped, charge=Decimal("5"), description="m via p", user_id=user.id
+        )
+    assert result == ledger.SettleResult(Decimal("3.00"), Decimal("0.00"), late=True, balance=Decimal("7.00"))
+    assert _counter("creditgate_credits_charged_total") - charged_before == 3.0
+    assert (await _entries(cg_sessionmaker, capped))[-1] == (
+        "api_usage",
+        -300,
+        user.id,
+        "m via p (settled after hold expiry)",
+    )
+
+    short = await expired_hold("7", "r2")
+    async with cg_sessionmaker() as s, s.begin():
+        await ledger.post_entry(s, account_id=user.account_id, amount=Decimal("-5"), type="adjustment")
+    async with cg_sessionmaker() as s, s.begin():
+        result = await ledger.settle_hold(s, hold_id=short, charge=Decimal("6"))
+    assert result == ledger.SettleResult(Decimal("2.00"), Decimal("0.00"), late=True, balance=Decimal("0.00"))
+    assert (await _entries(cg_sessionmaker, short))[-1] == ("api_usage", -200, None, " (settled after hold expiry)")
+
+    empty = await _hold(cg_sessionmaker, (await cg_user_factory(credits="1")).account_id, "1", "r3")
+    async with cg_sessionmaker() as s, s.begin():
+        await s.execute(update(Hold).where(Hold.id == empty).values(expires_at=utcnow() - TTL))
+    assert await sweep_once(cg_sessionmaker) == 1
+    async with cg_sessionmaker() as s, s.begin():
+        hold = await s.get_one(Hold, empty)
+        await ledger.post_entry(s, account_id=hold.account_id, amount=Decimal("-1"), type="adjustment")
+    async with cg_sessionmaker() as s, s.begin():
+        result = await ledger.settle_hold(s, hold_id=empty, charge=Decimal("1"))
+    assert result == ledger.SettleResult(Decimal("0.00"), Decimal("0.00"), late=True, balance=Decimal("0.00"))
+    assert [e[0] for e in await _entries(cg_sessionmaker, empty)] == ["hold", "release"]  # no zero charge entry
+
+
+async def test_settles_and_releases_are_counted_for_prometheus(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+    names = ("creditgate_credits_charged_total", "creditgate_credits_released_total")
+    before = [_counter(n) for n in names]
+    settled = await _hold(cg_sessionmaker, cg_funded_user.account_id, "10", "r1")
+    released = await _hold(cg_sessionmaker, cg_funded_user.account_id, "4", "r2")
+    async with cg_sessionmaker() as s, s.begin():
+        await ledger.settle_hold(s, hold_id=settled, charge=Decimal("2.5"))
+        await ledger.release_hold(s, hold_id=released)
+    assert [_counter(n) - b for n, b in zip(names, before, strict=True)] == [2.5, 7.5 + 4.0]
+
+
+async def test_each_members_allocation_is_their_own(cg_sessionmaker: SM, cg_user_factory: UserFactory) -> None:
+    first, second = await cg_user_factory(credits="0"), await cg_user_factory(credits="0")
+    account_id, first_membership = await _org_member(cg_sessionmaker, first, org_credits="100", allocation="10")
+    async with cg_sessionmaker() as s, s.begin():
+        org_id = (await s.get_one(Membership, first_membership)).org_id
+        other = Membership(org_id=org_id, user_id=second.id, role="member", allocation=1000, used=0)
+        s.add(other)
+        await s.flush()
+        second_membership = other.id
+    await _hold(cg_sessionmaker, account_id, "4", "r1", membership_id=first_membership)
+    assert (await _used(cg_sessionmaker, first_membership), await _used(cg_sessionmaker, second_membership)) == (
+        400,
+        0,
+    )
+    async with cg_sessionmaker() as s, s.begin():  # allocation lowered below what is used: nothing left, not less
+        await s.execute(update(Membership).where(Membership.id == first_membership).values(allocation=300))
+    with pytest.raises(InsufficientCredits) as refused:
+        await _hold(cg_sessionmaker, account_id, "1", "r2", membership_id=first_membership)
+    assert refused.value.message.startswith("your organization allocation is exhausted: 0.00 of 3.00 left")
+
+
+async def test_missing_accounts_and_holds_are_named(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+    async with cg_sessionmaker() as s:
+        with pytest.raises(NotFound) as account:
+            await ledger.balance_of(s, 999)
+        with pytest.raises(NotFound) as hold:
+            await ledger.settle_hold(s, hold_id=999, charge=Decimal(1))
+    assert (account.value.message, hold.value.message) == ("account 999 does not exist", "hold 999 does not exist")
+    hold_id = await _hold(cg_sessionmaker, cg_funded_user.account_id, "1", "r1")
+    async with cg_sessionmaker() as s, s.begin():
+        await ledger.release_hold(s, hold_id=hold_id)
+    with pytest.raises(Conflict) as closed:
+        async with cg_sessionmaker() as s, s.begin():
+            await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal(1))
+    assert closed.value.message == f"hold {hold_id} is already released"
+
+
+async def test_sums_over_no_entries_are_zero(cg_sessionmaker: SM) -> None:
+    async with cg_sessionmaker() as s:
+        row = (
+            await s.execute(
+                select(ledger.signed_sum("bonus"), ledger.signed_sum("refund", negate=True)).where(
+                    LedgerEntry.account_id == 999
+                )
+            )
+        ).one()
+    assert tuple(row) == (0, 0)
