@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from creditgate.db.models import Account, Hold, LedgerEntry, Membership, Org, utcnow
+from creditgate.db.models import Account, Hold, LedgerEntry, Membership, Org, User, utcnow
 from creditgate.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
 from creditgate.ledger import service as ledger
 from creditgate.ledger.sweeper import sweep_once
@@ -378,3 +378,22 @@ async def test_sums_over_no_entries_are_zero(cg_sessionmaker: SM) -> None:
             )
         ).one()
     assert tuple(row) == (0, 0)
+
+
+async def test_an_entry_keeps_its_description_and_an_account_its_owner(
+    cg_sessionmaker: SM, cg_funded_user: TestUser
+) -> None:
+    async with cg_sessionmaker() as s, s.begin():
+        entry, _ = await ledger.post_entry(
+            s, account_id=cg_funded_user.account_id, amount=Decimal(5), type="bonus", description="welcome back"
+        )
+        account = await ledger.open_account(s, user_id=None)
+        newcomer = User(email="newcomer@example.test")
+        s.add(newcomer)
+        await s.flush()
+        owned = await ledger.open_account(s, user_id=newcomer.id)
+    async with cg_sessionmaker() as s:
+        assert (await s.get_one(LedgerEntry, entry.id)).description == "welcome back"
+        assert (await s.get_one(Account, account.id)).user_id is None
+        assert (await s.get_one(Account, owned.id)).user_id == newcomer.id
+        assert await ledger.balance_of(s, owned.id) == Decimal("0.00")
