@@ -397,3 +397,51 @@ async def test_an_entry_keeps_its_description_and_an_account_its_owner(
         assert (await s.get_one(Account, account.id)).user_id is None
         assert (await s.get_one(Account, owned.id)).user_id == newcomer.id
         assert await ledger.balance_of(s, owned.id) == Decimal("0.00")
+
+
+async def _refusal(sm: SM, call: object) -> tuple[str, dict[str, object]]:
+    from creditgate.errors import GatewayError
+
+    with pytest.raises(GatewayError) as refused:
+        async with sm() as s, s.begin():
+            await call(s)  # type: ignore[operator]
+    return refused.value.message, refused.value.extra
+
+
+async def test_every_ledger_refusal_says_what_and_why(cg_sessionmaker: SM, cg_user_factory: UserFactory) -> None:
+    user = await cg_user_factory(credits="3")
+    account = user.account_id
+
+    def entry(amount: str, type_: str) -> object:
+        return lambda s: ledger.post_entry(s, account_id=account, amount=Decimal(amount), type=type_)
+
+    def hold(amount: str, **kw: int) -> object:
+        return lambda s: ledger.place_hold(s, amount=Decimal(amount), request_id="r", ttl=TTL, **kw)
+
+    assert await _refusal(cg_sessionmaker, entry("0", "bonus")) == ("amount must not be zero", {})
+    assert await _refusal(cg_sessionmaker, entry("5", "api_usage")) == (
+        "a positive 'api_usage' entry is not allowed",
+        {},
+    )
+    assert await _refusal(cg_sessionmaker, entry("-0.01", "bonus")) == ("a negative 'bonus' entry is not allowed", {})
+    assert await _refusal(cg_sessionmaker, entry("-3.01", "adjustment")) == (
+        "balance 3.00 is less than 3.01",
+        {"balance": "3.00", "required": "3.01"},
+    )
+    assert await _refusal(cg_sessionmaker, hold("-1", account_id=account)) == ("a hold cannot be negative", {})
+    assert await _refusal(cg_sessionmaker, hold("3.01", account_id=account)) == (
+        "insufficient credits: balance 3.00, this request may cost up to 3.01",
+        {"reason": "insufficient_credits", "balance": "3.00", "required": "3.01"},
+    )
+    org_account, membership = await _org_member(cg_sessionmaker, user, org_credits="2", allocation="50")
+    assert await _refusal(cg_sessionmaker, hold("2.50", account_id=org_account, membership_id=membership)) == (
+        "the organization has 2.00 credits left, this request may cost up to 2.50",
+        {"reason": "org_insufficient_credits", "balance": "2.00", "required": "2.50"},
+    )
+    assert await _used(cg_sessionmaker, membership) == 0  # the refused hold reserved nothing of the allocation
+
+
+async def test_holds_are_counted_for_prometheus(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+    before = _counter("creditgate_credits_held_total")
+    await _hold(cg_sessionmaker, cg_funded_user.account_id, "2.25", "r1")
+    assert _counter("creditgate_credits_held_total") - before == 2.25
