@@ -46,8 +46,8 @@ async def create(session: AsyncSession, *, name: str, creator: Principal) -> Org
     org = Org(name=name)
     session.add(org)
     await session.flush()
-    session.add(Account(org_id=org.id, balance=0))
-    session.add(Membership(org_id=org.id, user_id=creator.user_id, role="admin", allocation=0, used=0))
+    session.add(Account(org_id=org.id))  # balance, allocation and used start at the columns' default, 0
+    session.add(Membership(org_id=org.id, user_id=creator.user_id, role="admin"))
     await session.flush()
     await changed(session, "principal")
     return org
@@ -93,14 +93,14 @@ async def view(session: AsyncSession, org_id: int) -> OrgView:
 
 
 async def add_member(
-    session: AsyncSession, *, org_id: int, email: str, allocation: Decimal, role: str = "member"
+    session: AsyncSession, *, org_id: int, email: str, allocation: Decimal, role: str
 ) -> Membership:
     user_id = await session.scalar(select(User.id).where(User.email == email))
     if user_id is None:
         raise NotFound(f"no user with email {email!r}; they must sign up first")
     if await _membership_of(session, user_id) is not None:
         raise Conflict(f"{email} already belongs to an organization")
-    membership = Membership(org_id=org_id, user_id=user_id, role=role, allocation=to_hundredths(allocation), used=0)
+    membership = Membership(org_id=org_id, user_id=user_id, role=role, allocation=to_hundredths(allocation))
     session.add(membership)
     await session.flush()
     await changed(session, "principal")
