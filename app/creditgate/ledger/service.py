@@ -384,7 +384,8 @@ async def held_amount(session: AsyncSession, account_id: int) -> Decimal:
     units = await session.scalar(
         select(func.coalesce(func.sum(Hold.amount), 0)).where(Hold.account_id == account_id, Hold.status == "open")
     )
-    return from_hundredths(int(units))
+    assert units is not None, "COALESCE(SUM(...), 0) is never NULL"
+    return from_hundredths(units)
 
 
 def signed_sum(type_: str, *, negate: bool = False) -> ColumnElement[int]:
