@@ -7,6 +7,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import httpx
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -148,3 +149,13 @@ async def test_every_org_refusal_says_what_and_why(
     )
     other = (await async_client.get(f"/orgs/{other_org}", headers=other_owner.headers)).json()
     assert [m["allocation"] for m in other["members"]] == ["0.00"]  # untouched by the refused change
+
+
+async def test_viewing_a_missing_org_names_it(cg_sessionmaker: SM) -> None:
+    from creditgate.errors import NotFound
+    from creditgate.orgs import service
+
+    async with cg_sessionmaker() as s:
+        with pytest.raises(NotFound) as missing:
+            await service.view(s, 999)
+    assert missing.value.message == "organization 999 does not exist"
