@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import select
@@ -100,9 +100,7 @@ async def authenticate_cached(
 
 
 def _valid(expires_at: datetime | None) -> bool:
-    if expires_at is None:
-        return True
-    return (expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=UTC)) > utcnow()
+    return expires_at is None or expires_at > utcnow()  # the UTC column type always gives an aware datetime
 
 
 async def _lookup(session: AsyncSession, digest: str) -> tuple[Principal, datetime | None] | None:

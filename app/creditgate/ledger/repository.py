@@ -73,7 +73,7 @@ async def page(
 async def summary(
     session: AsyncSession, account_id: int, *, start: datetime | None = None, end: datetime | None = None
 ) -> Summary:
-    """Totals for a period; ``net_balance`` is the sum of every entry (the balance, for all time)."""
+    """Totals for a period; ``net_balance`` is the sum of the period's entries (the balance, over all time)."""
     row = (
         await session.execute(
             select(

@@ -151,3 +151,69 @@ async def test_either_header_carries_the_key_and_bearer_wins(
     assert (await async_client.get("/user/balance", headers=both)).status_code == 200
     admin_only = await async_client.get("/admin/settings/credit-increment", headers=cg_funded_user.headers)
     assert (admin_only.status_code, admin_only.json()["error"]["message"]) == (403, "this route needs an admin key")
+
+
+async def test_any_positive_opening_amount_is_granted(cg_sessionmaker: SM) -> None:
+    async with cg_sessionmaker() as s, s.begin():
+        _, one = await auth.create_user(s, email="one@example.test", credits=Decimal(1))
+        _, half = await auth.create_user(s, email="half@example.test", credits=Decimal("0.5"))
+    async with cg_sessionmaker() as s:
+        amounts = {e.account_id: e.amount for e in await s.scalars(select(LedgerEntry))}
+    assert amounts == {one.id: 100, half.id: 50}
+
+
+async def test_history_pages_and_summaries_per_period(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+    from datetime import timezone
+
+    from creditgate.ledger import repository
+    from creditgate.ledger import service as ledger
+
+    account = cg_funded_user.account_id
+    async with cg_sessionmaker() as s, s.begin():  # the harness's opening bonus of 1,000 is entry one
+        for amount, type_ in (("40", "purchase"), ("-15", "refund"), ("5", "bonus")):
+            await ledger.post_entry(s, account_id=account, amount=Decimal(amount), type=type_)
+        hold = await ledger.place_hold(
+            s, account_id=account, amount=Decimal(3), request_id="r", ttl=timedelta(minutes=1)
+        )
+        await ledger.settle_hold(s, hold_id=hold, charge=Decimal("2.5"))
+    async with cg_sessionmaker() as s:
+        entries = list((await repository.page(s, account, limit=100, offset=0))[0])
+    assert [e.type for e in entries] == ["api_usage", "release", "hold", "bonus", "refund", "purchase", "bonus"]
+    async with cg_sessionmaker() as s, s.begin():  # the same instant for two entries: the id breaks the tie
+        when = entries[3].created_at
+        await s.execute(update(LedgerEntry).where(LedgerEntry.account_id == account).values(created_at=when))
+        await s.execute(
+            update(LedgerEntry).where(LedgerEntry.id == entries[-1].id).values(created_at=when - timedelta(hours=1))
+        )
+    async with cg_sessionmaker() as s:
+        ids, total = await repository.page(s, account, limit=3, offset=1)
+        assert ([e.id for e in ids], total) == ([e.id for e in entries[1:4]], 7)
+        assert (await repository.page(s, account, limit=9, offset=0, type_="bonus"))[1] == 2
+        since = await repository.page(s, account, limit=9, offset=0, start=when)  # start is inclusive
+        until = await repository.page(s, account, limit=9, offset=0, end=when)  # end is exclusive
+        assert (since[1], until[1]) == (6, 1)
+        in_paris = when.astimezone(timezone(timedelta(hours=1)))  # the same instant, another zone
+        assert (await repository.page(s, account, limit=9, offset=0, end=in_paris))[1] == 1
+        naive = when.replace(tzinfo=None)  # a naive bound is UTC
+        assert (await repository.page(s, account, limit=9, offset=0, end=naive))[1] == 1
+        assert repository.as_utc(None) is None
+        everything = await repository.summary(s, account)
+        recent = await repository.summary(s, account, start=when)
+        before = await repository.summary(s, account, end=when)
+    assert everything == repository.Summary(
+        total_spent=Decimal("2.50"),
+        total_purchased=Decimal("40.00"),
+        total_bonus=Decimal("1005.00"),
+        total_refunded=Decimal("15.00"),
+        net_balance=Decimal("1027.50"),
+    )
+    assert (recent.total_bonus, recent.total_purchased, recent.net_balance) == (
+        Decimal("5.00"),
+        Decimal("40.00"),
+        Decimal("27.50"),
+    )
+    assert (before.total_bonus, before.total_spent, before.net_balance) == (
+        Decimal("1000.00"),
+        Decimal("0.00"),
+        Decimal("1000.00"),
+    )
