@@ -1,0 +1,119 @@
+"""On Postgres a request's hold and settle are one SQL function call each (ledger/fast.py): these tests fail if
+a request quietly falls back to the ORM path, and pin what that path must still do (low-balance notices,
+counters, telling a committed settle from a lost one)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from creditgate.db.models import Hold, utcnow
+from creditgate.ledger import service as ledger
+from creditgate.ledger.sweeper import sweep_once
+from creditgate.runtime import Runtime
+from creditgate_harness.fakes.providers import FakeProvider, Reply
+from creditgate_harness.gateway import TestUser
+
+CHAT = "/v1/chat/completions"
+BODY = {"model": "test-model", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+ON_POSTGRES = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+
+
+def _counter(name: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+@pytest.mark.critical
+@ON_POSTGRES
+async def test_a_request_holds_and_settles_without_the_orm_ledger(
+    async_client: httpx.AsyncClient,
+    cg_funded_user: TestUser,
+    cg_runtime: Runtime,
+    cg_upstream: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert cg_runtime.fast_ledger is not None
+
+    async def not_here(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the ORM ledger was used on the fast path")
+
+    for name in ("place_hold", "settle_hold", "release_hold"):
+        monkeypatch.setattr(ledger, name, not_here)
+    held_before = _counter("creditgate_credits_held_total")
+    cg_upstream.push(Reply(prompt_tokens=1000, completion_tokens=1000))
+
+    response = await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)
+
+    assert response.status_code == 200, response.text
+    charged = Decimal(response.headers["X-Creditgate-Credits-Charged"])
+    assert charged > 0
+    balance = (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()
+    assert Decimal(balance["balance"]) == Decimal(1000) - charged
+    assert _counter("creditgate_credits_held_total") - held_before > 0
+
+
+@ON_POSTGRES
+async def test_the_fast_path_notifies_a_low_balance_with_its_figures(
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_runtime: Runtime, cg_upstream: FakeProvider
+) -> None:
+    cg_runtime.settings.notify_low_balance = Decimal("999.99")
+    cg_upstream.push(Reply(prompt_tokens=1000, completion_tokens=1000))
+    response = await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)
+    balance = (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"]
+    listed = (await async_client.get("/user/notifications", headers=cg_funded_user.headers)).json()["data"]
+    assert response.status_code == 200
+    assert [(n["type"], n["data"]) for n in listed] == [("low_balance", {"balance": balance, "threshold": "999.99"})]
+
+
+@ON_POSTGRES
+async def test_a_retry_tells_a_committed_settle_from_a_lost_one(
+    cg_funded_user: TestUser, cg_runtime: Runtime, async_client: httpx.AsyncClient
+) -> None:
+    from creditgate.auth.service import authenticate_cached
+    from creditgate.llm.metering import Meter
+
+    principal = await authenticate_cached(cg_runtime.caches, cg_runtime.sessionmaker, cg_funded_user.key)
+    assert principal is not None
+    model = cg_runtime.catalog.model("test-model")
+
+    async def meter() -> Meter:
+        return await Meter.open(cg_runtime, principal, model, prompt_estimate=10, max_tokens=100)
+
+    open_, settled, expired, late = await meter(), await meter(), await meter(), await meter()
+    async with cg_runtime.sessionmaker.begin() as s:
+        await ledger.settle_hold(s, hold_id=settled.hold_id, charge=Decimal("0.05"))  # type: ignore[arg-type]
+        await s.execute(
+            update(Hold).where(Hold.id.in_([expired.hold_id, late.hold_id])).values(expires_at=utcnow() - timedelta(1))
+        )
+    assert await sweep_once(cg_runtime.sessionmaker) == 2
+    async with cg_runtime.sessionmaker.begin() as s:
+        await ledger.settle_hold(s, hold_id=late.hold_id, charge=Decimal("0.04"))  # type: ignore[arg-type]
+
+    assert await open_._committed_charge() is None  # nothing committed yet: settle it
+    assert await settled._committed_charge() == Decimal("0.05")
+    assert await expired._committed_charge() is None  # released by the sweeper, never charged: settle late
+    assert await late._committed_charge() == Decimal("0.04")
+    for m in (open_, settled, expired, late):
+        m.closed = True  # settled by hand above, or left to the sweeper
+
+
+def test_what_counts_as_unreachable_through_sqlalchemys_wrapper() -> None:
+    from creditgate.llm.metering import _unreachable
+
+    class ConnectionDoesNotExistError(Exception):
+        pass
+
+    class DBAPIError(Exception):
+        def __init__(self, orig: BaseException) -> None:
+            super().__init__("wrapped")
+            self.orig = orig
+
+    assert _unreachable(DBAPIError(ConnectionDoesNotExistError()))
+    assert not _unreachable(DBAPIError(ValueError("a refusal")))
