@@ -12,7 +12,6 @@ from decimal import Decimal
 from typing import Any
 
 from creditgate.db.engine import libpq_url
-from creditgate.db.models import utcnow
 from creditgate.money import to_hundredths
 
 HOLD = "SELECT hold_id, balance FROM creditgate_hold($1, $2, $3, $4, $5, $6)"
@@ -34,7 +33,7 @@ class Usage:
 
     def row(self, *, user_id: int, credits: Decimal) -> dict[str, Any]:
         """The ``usage_records`` row, for the ORM path's INSERT (``creditgate_close`` writes the same columns)."""
-        return {**asdict(self), "user_id": user_id, "credits": to_hundredths(credits), "created_at": utcnow()}
+        return {**asdict(self), "user_id": user_id, "credits": to_hundredths(credits)}  # created_at: the default
 
 
 class PostgresLedger:

@@ -94,12 +94,15 @@ async def test_a_retry_tells_a_committed_settle_from_a_lost_one(
         )
     assert await sweep_once(cg_runtime.sessionmaker) == 2
     async with cg_runtime.sessionmaker.begin() as s:
-        await ledger.settle_hold(s, hold_id=late.hold_id, charge=Decimal("0.04"))  # type: ignore[arg-type]
+        await ledger.settle_hold(s, hold_id=late.hold_id, charge=Decimal("0.01"))  # type: ignore[arg-type]
 
     assert await open_._committed_charge() is None  # nothing committed yet: settle it
     assert await settled._committed_charge() == Decimal("0.05")
     assert await expired._committed_charge() is None  # released by the sweeper, never charged: settle late
-    assert await late._committed_charge() == Decimal("0.04")
+    assert await late._committed_charge() == Decimal("0.01")  # the smallest late charge counts
+    assert cg_runtime.fast_ledger is not None
+    not_open = {"status": "settled", "charge": 1, "description": None, "user_id": None, "usage": None}
+    assert await cg_runtime.fast_ledger.close(hold_id=expired.hold_id, **not_open) is None  # type: ignore[arg-type]
     for m in (open_, settled, expired, late):
         m.closed = True  # settled by hand above, or left to the sweeper
 
@@ -117,3 +120,63 @@ def test_what_counts_as_unreachable_through_sqlalchemys_wrapper() -> None:
 
     assert _unreachable(DBAPIError(ConnectionDoesNotExistError()))
     assert not _unreachable(DBAPIError(ValueError("a refusal")))
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+async def test_a_failed_call_is_released_and_recorded_on_either_path(
+    async_client: httpx.AsyncClient,
+    cg_funded_user: TestUser,
+    cg_runtime: Runtime,
+    cg_upstream: FakeProvider,
+    cg_sessionmaker: Any,
+) -> None:
+    from sqlalchemy import select
+
+    from creditgate.db.models import LedgerEntry
+    from creditgate_harness.fakes.providers import Fault
+
+    cg_upstream.default = Fault.status_code(503)
+    assert (await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)).status_code == 502
+    usage = (await async_client.get("/user/usage", headers=cg_funded_user.headers)).json()["data"]
+    assert [
+        (u["credits"], u["outcome"], u["prompt_tokens"], u["completion_tokens"], u["latency_ms"]) for u in usage
+    ] == [("0.00", "failed", 0, 0, 0)]
+    async with cg_sessionmaker() as s:
+        entries = [
+            (e.type, e.user_id)
+            for e in await s.scalars(
+                select(LedgerEntry).where(LedgerEntry.hold_id.is_not(None)).order_by(LedgerEntry.id)
+            )
+        ]
+    assert entries == [("hold", cg_funded_user.id), ("release", cg_funded_user.id)]
+    assert (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"] == "1000.00"
+
+
+@ON_POSTGRES
+async def test_an_answered_requests_entries_name_the_user_and_the_route(
+    async_client: httpx.AsyncClient,
+    cg_funded_user: TestUser,
+    cg_upstream: FakeProvider,
+    cg_sessionmaker: Any,
+) -> None:
+    from sqlalchemy import select
+
+    from creditgate.db.models import LedgerEntry
+
+    cg_upstream.push(Reply(prompt_tokens=1000, completion_tokens=1000))
+    response = await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)
+    provider = response.headers["X-Creditgate-Provider"]
+    async with cg_sessionmaker() as s:
+        entries = [
+            (e.type, e.user_id, e.description)
+            for e in await s.scalars(
+                select(LedgerEntry).where(LedgerEntry.hold_id.is_not(None)).order_by(LedgerEntry.id)
+            )
+        ]
+    assert entries == [
+        ("hold", cg_funded_user.id, None),
+        ("release", cg_funded_user.id, None),
+        ("api_usage", cg_funded_user.id, f"test-model via {provider}"),
+    ]
+    usage = (await async_client.get("/user/usage", headers=cg_funded_user.headers)).json()["data"]
+    assert [(u["outcome"], u["provider"]) for u in usage] == [("ok", provider)]
