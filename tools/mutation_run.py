@@ -7,10 +7,11 @@ shaped as mutmut expects: ``src/creditgate`` (a copy that keeps file times, so m
 between runs), the suites, and this pyproject with a ``[tool.mutmut]`` table for the shard. The harness
 and the dependencies come from the installed environment.
 
-Score = killed / (mutants − marked equivalent). Killed counts mutmut's "killed", "timeout" and "caught by
-type check"; "survived" and "no tests" count against. Equivalent mutants are listed, each with a one-line
-reason, in ``tools/mutants_equivalent.toml``. The run fails below ``min_score`` in any shard, when mutmut
-fails (its clean run must pass), or when a shard produced no mutants at all.
+Verdicts are kept between runs only for killed mutants (mutmut would otherwise keep a survivor's verdict after a
+new test kills it); ``--fresh`` forgets them all. Score = killed / (mutants − marked equivalent). Killed counts
+mutmut's "killed", "timeout" and "caught by type check"; "survived" and "no tests" count against. Equivalent
+mutants are listed, each with a one-line reason, in ``tools/mutants_equivalent.toml``. The run fails below
+``min_score`` in any shard, when mutmut fails (its clean run must pass), or when a shard produced no mutants.
 
     python tools/mutation_run.py                  # every shard
     python tools/mutation_run.py --shard money    # one (repeatable)
