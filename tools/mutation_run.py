@@ -103,11 +103,14 @@ def workspace(shard: Shard) -> Path:
 
 
 def forget_open_verdicts(ws: Path, *, fresh: bool) -> None:
-    """mutmut keeps a verdict until the mutated function changes, so a test added since would not count: every
-    verdict but "killed" is cleared and re-tested (``--fresh`` clears all of them, and mutmut's statistics too)."""
+    """mutmut keeps a verdict, and its map of which tests reach which function, until the mutated function changes,
+    so a test added since would not count: the map is rebuilt and every verdict but "killed" re-tested (``--fresh``
+    clears the killed ones too)."""
     if fresh:
         shutil.rmtree(ws / "mutants", ignore_errors=True)
         return
+    # Which tests reach which function: collected again, so a test added since the last run is mapped too.
+    (ws / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     for meta in (ws / "mutants").rglob("*.meta"):
         data = json.loads(meta.read_text())
         codes = data["exit_code_by_key"]
