@@ -92,9 +92,7 @@ async def view(session: AsyncSession, org_id: int) -> OrgView:
     return OrgView(org.id, org.name, balance, allocated, members)
 
 
-async def add_member(
-    session: AsyncSession, *, org_id: int, email: str, allocation: Decimal, role: str
-) -> Membership:
+async def add_member(session: AsyncSession, *, org_id: int, email: str, allocation: Decimal, role: str) -> Membership:
     user_id = await session.scalar(select(User.id).where(User.email == email))
     if user_id is None:
         raise NotFound(f"no user with email {email!r}; they must sign up first")
