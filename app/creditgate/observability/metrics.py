@@ -152,7 +152,7 @@ class _Snapshot(Collector):
 def open_holds_families(count: int, amount: Decimal) -> list[GaugeMetricFamily]:
     return [
         GaugeMetricFamily("creditgate_open_holds", "Holds not yet settled or released", value=count),
-        GaugeMetricFamily("creditgate_open_holds_credits", "Credits in open holds", value=float(amount)),
+        GaugeMetricFamily("creditgate_open_holds_credits", "Credits in open holds", value=_sample(amount)),
     ]
 
 
