@@ -103,7 +103,9 @@ def create_app(
             caches = cache.Caches(settings.cache_seconds)
             fast_ledger = None
             if settings.fast_ledger and not is_sqlite(settings.database_url):
-                fast_ledger = await PostgresLedger.connect(settings.database_url, size=settings.db_pool_size)
+                fast_ledger = await PostgresLedger.connect(
+                    settings.database_url, size=settings.db_pool_size, batch=settings.group_commit
+                )
             providers = ProviderPool(
                 http, catalog, threshold=settings.breaker_threshold, cooldown=settings.breaker_cooldown_seconds
             )

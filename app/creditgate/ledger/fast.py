@@ -1,21 +1,42 @@
-"""The money steps of a request as one round trip each, on Postgres: ``creditgate_hold`` and ``creditgate_close``
-(migration 0006) called through asyncpg prepared statements, no ORM in between.
+"""The money steps of a request on Postgres, each one round trip, and many requests per round trip (group commit).
 
-Same rows, same order of locks (membership, account) as ``ledger.service``; the rare paths (a refusal that
-needs its reasons, a hold the sweeper expired first) are left to ``ledger.service`` by returning ``None``.
+``creditgate_hold_batch`` and ``creditgate_close_batch`` (migration 0007) place or close the holds of every request
+waiting at that moment in one function call, one transaction: each account and allocation row is locked and written
+once per batch, so one shared org balance is no per-request bottleneck. Batches form on their own: a request that
+arrives while a batch is in flight waits for the next one (no timer; at low load a batch is one request, and the
+added wait is at most one batch's round trip). A caller gets its answer only once its batch has committed.
+
+Same rows, same order of locks (holds, memberships, accounts) as ``ledger.service``; the rare paths (a refusal that
+needs its reasons, a hold the sweeper expired first) are left to ``ledger.service`` by returning ``None``. A batch
+that fails for a reason other than a lost connection is retried request by request (``creditgate_hold`` /
+``creditgate_close``, migration 0006), so one bad request fails alone.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from creditgate.db.engine import libpq_url
 from creditgate.money import to_hundredths
 
+log = logging.getLogger(__name__)
+
 HOLD = "SELECT hold_id, balance FROM creditgate_hold($1, $2, $3, $4, $5, $6)"
 CLOSE = "SELECT charged, balance FROM creditgate_close($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+HOLD_BATCH = "SELECT hold_id, balance FROM creditgate_hold_batch($1, $2, $3, $4, $5, $6)"
+CLOSE_BATCH = (
+    "SELECT charged, balance FROM creditgate_close_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+)
+MAX_BATCH = 256  # requests per call: bounds one transaction's locks and one answer's wait
+IN_FLIGHT = 2  # batches of one kind at a time: one filling while one commits (both cores of a small machine)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,19 +57,150 @@ class Usage:
         return {**asdict(self), "user_id": user_id, "credits": to_hundredths(credits)}  # created_at: the default
 
 
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    account_id: int
+    units: int
+    request_id: str
+    ttl_seconds: float
+    membership_id: int | None
+    user_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRequest:
+    hold_id: int
+    status: str
+    charge: int
+    description: str | None
+    user_id: int | None
+    usage: Usage | None
+
+    def args(self) -> tuple[Any, ...]:
+        u = self.usage
+        return (
+            self.hold_id,
+            self.status,
+            self.charge,
+            self.description,
+            self.user_id,
+            u and u.request_id,
+            u and u.model,
+            u and u.provider,
+            u and u.prompt_tokens,
+            u and u.completion_tokens,
+            u and u.latency_ms,
+            u and u.outcome,
+            u and u.byok,
+        )
+
+
+class Batcher(Generic[T, R]):
+    """Requests queue up; up to ``in_flight`` tasks each take what is queued (at most ``max_batch``) and answer it
+    with one ``run_batch`` call. If that call fails, the connection is the likely cause when ``unreachable(exc)``
+    (every caller gets the error), else each request is tried alone with ``run_one``."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[T]], Awaitable[Sequence[R]]],
+        run_one: Callable[[T], Awaitable[R]],
+        *,
+        max_batch: int = MAX_BATCH,
+        in_flight: int = IN_FLIGHT,
+        distinct: Callable[[T], object] | None = None,
+    ) -> None:
+        self._run_batch, self._run_one = run_batch, run_one
+        self._max_batch, self._in_flight, self._distinct = max_batch, in_flight, distinct
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0  # calls made (requests / batches = the mean batch size)
+        self.requests = 0
+
+    def submit(self, item: T) -> asyncio.Future[R]:
+        """Queue ``item``; the future has its answer once its batch has committed (await it shielded: cancelling
+        it would not take the request back out of a batch already sent)."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if len(self._tasks) < self._in_flight:
+            task = asyncio.create_task(self._work())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return future
+
+    async def drain(self) -> None:
+        """Wait until every queued request has its answer (a clean shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
+        if self._distinct is None:
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            return batch
+        batch, rest, seen = [], [], set()
+        for entry in self._queue:
+            key = self._distinct(entry[0])
+            if len(batch) < self._max_batch and key not in seen:
+                seen.add(key)
+                batch.append(entry)
+            else:
+                rest.append(entry)
+        self._queue = rest
+        return batch
+
+    async def _work(self) -> None:
+        while self._queue:
+            batch = self._take()
+            items = [item for item, _ in batch]
+            self.batches += 1
+            self.requests += len(items)
+            try:
+                results = await self._run_batch(items)
+            except Exception as exc:
+                if unreachable(exc):
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                log.warning("a batch of %d failed (%s); each request alone", len(items), exc)
+                await asyncio.gather(*(self._one(item, future) for item, future in batch))
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def _one(self, item: T, future: asyncio.Future[R]) -> None:
+        try:
+            result = await self._run_one(item)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            if not future.done():
+                future.set_result(result)
+
+
 class PostgresLedger:
     """An asyncpg pool of its own (the ORM's pool checks out, pings and begins: ~1 ms per step here)."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, *, batch: bool = True) -> None:
         self._pool = pool
+        self.holds: Batcher[HoldRequest, tuple[int, int] | None] = Batcher(
+            self._hold_batch, self._hold_one, max_batch=MAX_BATCH if batch else 1
+        )
+        self.closes: Batcher[CloseRequest, tuple[int, int] | None] = Batcher(
+            self._close_batch, self._close_one, max_batch=MAX_BATCH if batch else 1, distinct=lambda c: c.hold_id
+        )
 
     @classmethod
-    async def connect(cls, url: str, *, size: int) -> PostgresLedger:
+    async def connect(cls, url: str, *, size: int, batch: bool = True) -> PostgresLedger:
         import asyncpg
 
-        return cls(await asyncpg.create_pool(libpq_url(url), min_size=1, max_size=size))
+        return cls(await asyncpg.create_pool(libpq_url(url), min_size=1, max_size=size), batch=batch)
 
     async def close_pool(self) -> None:
+        """Answer what is queued, then close the connections."""
+        await self.holds.drain()
+        await self.closes.drain()
         await self._pool.close()
 
     async def hold(
@@ -62,8 +214,18 @@ class PostgresLedger:
         user_id: int | None,
     ) -> tuple[int, int] | None:
         """``(hold id, balance after)``, or ``None`` if the balance or the allocation is short (nothing changed)."""
-        row = await self._pool.fetchrow(HOLD, account_id, units, request_id, ttl_seconds, membership_id, user_id)
-        return None if row is None or row["hold_id"] is None else (row["hold_id"], row["balance"])
+        future = self.holds.submit(HoldRequest(account_id, units, request_id, ttl_seconds, membership_id, user_id))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:  # the caller is gone: a hold placed for it goes straight back
+            future.add_done_callback(lambda done: self._release_orphan(done, user_id))
+            raise
+
+    def _release_orphan(self, done: asyncio.Future[tuple[int, int] | None], user_id: int | None) -> None:
+        if done.cancelled() or done.exception() is not None or (held := done.result()) is None:
+            return
+        released = self.closes.submit(CloseRequest(held[0], "released", 0, None, user_id, None))
+        released.add_done_callback(lambda f: f.cancelled() or f.exception())  # failed: the sweeper releases it
 
     async def close(
         self,
@@ -76,21 +238,62 @@ class PostgresLedger:
         usage: Usage | None,
     ) -> tuple[int, int] | None:
         """``(charged, balance after)`` with the usage record written, or ``None`` if the hold was not open."""
-        u = usage
+        close = CloseRequest(hold_id, status, charge, description, user_id, usage)
+        return await asyncio.shield(self.closes.submit(close))  # once sent, it commits or not, caller or no caller
+
+    async def _hold_one(self, r: HoldRequest) -> tuple[int, int] | None:
         row = await self._pool.fetchrow(
-            CLOSE,
-            hold_id,
-            status,
-            charge,
-            description,
-            user_id,
-            u and u.request_id,
-            u and u.model,
-            u and u.provider,
-            u and u.prompt_tokens,
-            u and u.completion_tokens,
-            u and u.latency_ms,
-            u and u.outcome,
-            u and u.byok,
+            HOLD, r.account_id, r.units, r.request_id, r.ttl_seconds, r.membership_id, r.user_id
         )
-        return None if row is None or row["charged"] is None else (row["charged"], row["balance"])
+        return _pair(row["hold_id"], row["balance"]) if row is not None else None
+
+    async def _hold_batch(self, batch: list[HoldRequest]) -> list[tuple[int, int] | None]:
+        if len(batch) == 1:
+            return [await self._hold_one(batch[0])]
+        ttl = max(r.ttl_seconds for r in batch)  # one setting for every request of a worker
+        rows = await self._pool.fetch(
+            HOLD_BATCH,
+            [r.account_id for r in batch],
+            [r.units for r in batch],
+            [r.request_id for r in batch],
+            ttl,
+            [r.membership_id for r in batch],
+            [r.user_id for r in batch],
+        )
+        return [_pair(row["hold_id"], row["balance"]) for row in rows]
+
+    async def _close_one(self, c: CloseRequest) -> tuple[int, int] | None:
+        row = await self._pool.fetchrow(CLOSE, *c.args())
+        return _pair(row["charged"], row["balance"]) if row is not None else None
+
+    async def _close_batch(self, batch: list[CloseRequest]) -> list[tuple[int, int] | None]:
+        if len(batch) == 1:
+            return [await self._close_one(batch[0])]
+        columns = list(zip(*(c.args() for c in batch), strict=True))
+        rows = await self._pool.fetch(CLOSE_BATCH, *(list(column) for column in columns))
+        return [_pair(row["charged"], row["balance"]) for row in rows]
+
+
+def _pair(first: int | None, second: int | None) -> tuple[int, int] | None:
+    return None if first is None or second is None else (first, second)
+
+
+UNREACHABLE = {  # asyncpg's names for "the server went away or is not back yet"
+    "ConnectionDoesNotExistError",
+    "CannotConnectNowError",
+    "AdminShutdownError",
+    "ConnectionFailureError",
+    "InterfaceError",
+    "TooManyConnectionsError",
+}
+
+
+def unreachable(exc: BaseException | None) -> bool:
+    """The database could not be reached (as opposed to refusing the statement)."""
+    while exc is not None:
+        if isinstance(exc, OSError) or type(exc).__name__ in UNREACHABLE:
+            return True
+        if getattr(exc, "connection_invalidated", False):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__
+    return False

@@ -27,7 +27,7 @@ from creditgate.catalog.service import ModelConfig
 from creditgate.db.models import Hold, UsageRecord
 from creditgate.errors import InsufficientCredits
 from creditgate.ledger import service as ledger
-from creditgate.ledger.fast import Usage
+from creditgate.ledger.fast import Usage, unreachable
 from creditgate.money import from_hundredths, to_hundredths
 from creditgate.notifications.outbox import crossed_below, notify_account
 from creditgate.observability import metrics
@@ -197,7 +197,7 @@ class Meter:
                         outcome=outcome,
                     )
                 except Exception as exc:
-                    if not _unreachable(exc) or time.monotonic() > deadline:
+                    if not unreachable(exc) or time.monotonic() > deadline:
                         raise
                     log.warning("settling hold %s: database unreachable (%s); retrying", self.hold_id, exc)
                     ambiguous = True
@@ -312,24 +312,3 @@ class Meter:
     def _usage(self, provider: str | None, prompt: int, completion: int, latency_ms: int, outcome: str) -> Usage:
         """The usage record of this request, as both ledger paths write it."""
         return Usage(self.request_id, self.model.id, provider, prompt, completion, latency_ms, outcome, self.byok)
-
-
-_UNREACHABLE = {  # asyncpg's names for "the server went away or is not back yet"
-    "ConnectionDoesNotExistError",
-    "CannotConnectNowError",
-    "AdminShutdownError",
-    "ConnectionFailureError",
-    "InterfaceError",
-    "TooManyConnectionsError",
-}
-
-
-def _unreachable(exc: BaseException | None) -> bool:
-    """The database could not be reached (as opposed to refusing the statement)."""
-    while exc is not None:
-        if isinstance(exc, OSError) or type(exc).__name__ in _UNREACHABLE:
-            return True
-        if getattr(exc, "connection_invalidated", False):
-            return True
-        exc = getattr(exc, "orig", None) or exc.__cause__
-    return False

@@ -108,7 +108,7 @@ async def test_a_retry_tells_a_committed_settle_from_a_lost_one(
 
 
 def test_what_counts_as_unreachable_through_sqlalchemys_wrapper() -> None:
-    from creditgate.llm.metering import _unreachable
+    from creditgate.ledger.fast import unreachable
 
     class ConnectionDoesNotExistError(Exception):
         pass
@@ -118,8 +118,8 @@ def test_what_counts_as_unreachable_through_sqlalchemys_wrapper() -> None:
             super().__init__("wrapped")
             self.orig = orig
 
-    assert _unreachable(DBAPIError(ConnectionDoesNotExistError()))
-    assert not _unreachable(DBAPIError(ValueError("a refusal")))
+    assert unreachable(DBAPIError(ConnectionDoesNotExistError()))
+    assert not unreachable(DBAPIError(ValueError("a refusal")))
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)

@@ -164,15 +164,15 @@ async def test_a_meter_settles_once(
 
 
 def test_what_counts_as_the_database_being_unreachable() -> None:
-    from creditgate.llm.metering import _unreachable
+    from creditgate.ledger.fast import unreachable
 
     class Invalidated(Exception):
         connection_invalidated = True
 
     wrapped = RuntimeError("wrapper")
     wrapped.__cause__ = ConnectionDoesNotExistError("gone")
-    assert _unreachable(Invalidated())
-    assert _unreachable(wrapped)
-    assert _unreachable(ConnectionRefusedError())
-    assert not _unreachable(ValueError("a refusal"))
-    assert not _unreachable(None)
+    assert unreachable(Invalidated())
+    assert unreachable(wrapped)
+    assert unreachable(ConnectionRefusedError())
+    assert not unreachable(ValueError("a refusal"))
+    assert not unreachable(None)

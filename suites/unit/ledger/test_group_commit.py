@@ -1,0 +1,194 @@
+"""Group commit on Postgres (ledger/fast.py, migration 0007): many holds and closes per transaction, each request
+answered as if alone — no overdraft, allocations kept, balance_after chained, one bad request failing alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from creditgate.db.models import Account, Hold, Membership, Org, UsageRecord
+from creditgate.ledger import service as ledger
+from creditgate.ledger.fast import PostgresLedger, Usage
+from creditgate_harness.gateway import TestUser, UserFactory
+
+pytestmark = [pytest.mark.critical, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
+TTL = 300.0
+
+
+@pytest.fixture
+async def fast(database_url: str, cg_sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[PostgresLedger]:
+    store = await PostgresLedger.connect(database_url, size=4)
+    yield store
+    await store.close_pool()
+
+
+def _usage(request_id: str) -> Usage:
+    return Usage(request_id, "test-model", "fake", 10, 5, 3, "ok", False)
+
+
+async def _hold_many(fast: PostgresLedger, n: int, *, account_id: int, units: int, **kw: int | None) -> list:
+    return await asyncio.gather(
+        *(
+            fast.hold(account_id=account_id, units=units, request_id=f"r{i}", ttl_seconds=TTL, **kw)  # type: ignore[arg-type]
+            for i in range(n)
+        )
+    )
+
+
+async def test_concurrent_holds_on_one_balance_share_transactions_and_never_overdraw(
+    fast: PostgresLedger, cg_funded_user: TestUser, cg_sessionmaker: async_sessionmaker[AsyncSession], cg_ledger_auditor
+) -> None:
+    held = await _hold_many(
+        fast, 150, account_id=cg_funded_user.account_id, units=1000, membership_id=None, user_id=None
+    )
+
+    granted = [h for h in held if h is not None]
+    assert len(granted) == 100  # 1,000 credits = 100 holds of 10.00; the other 50 refused, nothing changed for them
+    assert sorted(balance for _, balance in granted) == list(range(0, 100_000, 1000))
+    assert fast.holds.batches < fast.holds.requests == 150  # several requests per transaction
+    async with cg_sessionmaker() as s:
+        assert await ledger.balance_of(s, cg_funded_user.account_id) == Decimal("0.00")
+
+    closes = await asyncio.gather(
+        *(
+            fast.close(
+                hold_id=hold_id,
+                status="settled" if n % 2 else "released",
+                charge=730 if n % 2 else 0,
+                description="test",
+                user_id=cg_funded_user.id,
+                usage=_usage(f"u{n}"),
+            )
+            for n, (hold_id, _) in enumerate(granted)
+        )
+    )
+    assert [c[0] for c in closes if c is not None] == [730 if n % 2 else 0 for n in range(100)]
+    assert fast.closes.batches < fast.closes.requests == 100
+    async with cg_sessionmaker() as s:
+        assert await ledger.balance_of(s, cg_funded_user.account_id) == Decimal(1000) - 50 * Decimal("7.30")
+        assert await s.scalar(select(func.count()).select_from(UsageRecord)) == 100
+        assert await s.scalar(select(func.count()).where(Hold.status == "open")) == 0
+    report = cg_ledger_auditor()
+    assert report.ok, str(report)
+
+
+async def test_a_batch_keeps_each_members_allocation_on_a_shared_org_balance(
+    fast: PostgresLedger,
+    cg_user_factory: UserFactory,
+    cg_sessionmaker: async_sessionmaker[AsyncSession],
+    cg_ledger_auditor,
+) -> None:
+    members = [await cg_user_factory(credits=Decimal(0)) for _ in range(4)]
+    async with cg_sessionmaker() as s, s.begin():
+        org = Org(name="shared")
+        s.add(org)
+        await s.flush()
+        account = Account(org_id=org.id)
+        s.add(account)
+        seats = [Membership(org_id=org.id, user_id=m.id, allocation=2000) for m in members]
+        s.add_all(seats)
+        await s.flush()
+        account_id, seat_ids = account.id, [seat.id for seat in seats]
+        # 50.00 shared: less than the four allocations of 20.00 together
+        await ledger.post_entry(s, account_id=account_id, amount=Decimal(50), type="purchase")
+
+    results = await asyncio.gather(
+        *(
+            fast.hold(
+                account_id=account_id,
+                units=500,
+                request_id=f"m{seat}-{i}",
+                ttl_seconds=TTL,
+                membership_id=seat,
+                user_id=None,
+            )
+            for i in range(6)
+            for seat in seat_ids
+        )
+    )
+    assert sum(r is not None for r in results) == 10  # 50.00 / 5.00: the shared balance runs out first
+    async with cg_sessionmaker() as s:
+        used = dict((await s.execute(select(Membership.id, Membership.used).where(Membership.org_id == org.id))).all())
+        assert all(u <= 2000 for u in used.values())  # no member past 20.00 (4 holds of 5.00)
+        assert sum(used.values()) == 5000
+        assert await s.scalar(select(Account.balance).where(Account.id == account_id)) == 0
+    report = cg_ledger_auditor()
+    assert report.ok, str(report)
+
+
+async def test_one_bad_request_fails_alone_and_its_batch_mates_are_answered(
+    fast: PostgresLedger, cg_funded_user: TestUser, cg_ledger_auditor
+) -> None:
+    import asyncpg
+
+    first = await fast.hold(
+        account_id=cg_funded_user.account_id,
+        units=100,
+        request_id="dup",
+        ttl_seconds=TTL,
+        membership_id=None,
+        user_id=None,
+    )
+    assert first is not None
+    batch = [f"ok{i}" for i in range(10)] + ["dup"]  # a request id already held: the batch's INSERT fails
+    results = await asyncio.gather(
+        *(
+            fast.hold(
+                account_id=cg_funded_user.account_id,
+                units=100,
+                request_id=r,
+                ttl_seconds=TTL,
+                membership_id=None,
+                user_id=None,
+            )
+            for r in batch
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(results[-1], asyncpg.UniqueViolationError)
+    assert all(isinstance(r, tuple) for r in results[:-1])
+    assert cg_ledger_auditor().ok
+
+
+async def test_a_cancelled_callers_hold_goes_straight_back(
+    fast: PostgresLedger, cg_funded_user: TestUser, cg_sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    waiting = asyncio.ensure_future(
+        fast.hold(
+            account_id=cg_funded_user.account_id,
+            units=100,
+            request_id="gone",
+            ttl_seconds=TTL,
+            membership_id=None,
+            user_id=None,
+        )
+    )
+    await asyncio.sleep(0)  # queued and sent
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await fast.holds.drain()
+    await fast.closes.drain()
+    async with cg_sessionmaker() as s:
+        assert await s.scalar(select(Hold.status).where(Hold.request_id == "gone")) == "released"
+        assert await ledger.balance_of(s, cg_funded_user.account_id) == Decimal(1000)
+
+
+async def test_a_hold_closed_twice_at_once_is_charged_once(fast: PostgresLedger, cg_funded_user: TestUser) -> None:
+    held = await fast.hold(
+        account_id=cg_funded_user.account_id,
+        units=100,
+        request_id="twice",
+        ttl_seconds=TTL,
+        membership_id=None,
+        user_id=None,
+    )
+    assert held is not None
+    close = {"hold_id": held[0], "status": "settled", "charge": 60, "description": None, "user_id": None, "usage": None}
+    answers = await asyncio.gather(*(fast.close(**close) for _ in range(3)))  # type: ignore[arg-type]
+    assert sorted(answers, key=lambda a: a is None) == [(60, 100_000 - 60), None, None]
