@@ -21,7 +21,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 from starlette.types import Receive, Scope, Send
 
-from bench.overhead import BODY, _key
+from bench.overhead import BODY, _keys
 from creditgate.main import create_app
 from creditgate.observability.logs import REQUEST_LOGGER
 from creditgate.observability.middleware import ObservabilityMiddleware
@@ -48,7 +48,7 @@ async def gateway(requests: int, rounds: int) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
             migrate(url)
-            headers = {"Authorization": f"Bearer {await _key(url)}"}
+            headers = {"Authorization": f"Bearer {(await _keys(url, shared_org=False))[0]}"}
             apps = {}
             for enabled in order:
                 settings = Settings(

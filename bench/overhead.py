@@ -5,14 +5,19 @@ on SQLite and (when available) Postgres. Beside them, the LiteLLM proxy (1 worke
 fake upstream, measured in the same run so the ratios compare one machine state: its RPS against the upstream's, its
 added latency, and the gateway's RPS as a multiple of LiteLLM's (bench/litellm_proxy.py installs it into its own
 venv; when it cannot, one line says so and the rest runs). Run on demand: `nox -s bench` or `python -m bench.overhead`.
-Everything runs on loopback.
+Everything runs on loopback. The load comes from wrk when it is installed (``apt-get install wrk``; one C thread),
+else from this process's httpx client, which tops out below what the upstream and the gateway serve (it says which).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import re
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -26,6 +31,8 @@ from bench.litellm_proxy import HEADERS as LITELLM_HEADERS
 from bench.litellm_proxy import litellm_proxy
 from creditgate.auth import service as auth
 from creditgate.db.engine import create_engine, create_sessionmaker
+from creditgate.db.models import Account, Membership, Org
+from creditgate.ledger import service as ledger
 from creditgate.quotas.service import load_plans, set_plan
 from creditgate_harness.catalog import catalog_for_tests
 from creditgate_harness.gateway import migrate, start_gateway
@@ -37,44 +44,119 @@ MODEL = "test-model"
 BODY = {"model": MODEL, "max_tokens": 20, "messages": [{"role": "user", "content": "bench"}]}
 
 
-async def _key(url: str) -> str:
+KEYS = 32  # one per concurrent client at c=32
+Cell = tuple[float, float, float]  # rps, p50 ms, p99 ms
+
+
+async def _keys(url: str, *, shared_org: bool) -> list[str]:
+    """``KEYS`` API keys on the enterprise plan: each user with an account of their own, or (``shared_org``) all
+    members of one org drawing on its one balance, each with an allocation."""
     engine = create_engine(url)
+    keys = []
     async with create_sessionmaker(engine)() as s, s.begin():
-        user, _ = await auth.create_user(s, email=f"bench-{uuid.uuid4().hex[:6]}@example.test", credits=Decimal(10**9))
-        await set_plan(s, subject=f"user:{user.id}", plan="enterprise", plans=load_plans())
-        key = await auth.issue_key(s, user_id=user.id)
+        plans = load_plans()
+        org_id = None
+        if shared_org:
+            org = Org(name="bench")
+            s.add(org)
+            await s.flush()
+            account = Account(org_id=org.id)
+            s.add(account)
+            await s.flush()
+            await ledger.post_entry(s, account_id=account.id, amount=Decimal(10**9), type="purchase")
+            await set_plan(s, subject=f"org:{org.id}", plan="enterprise", plans=plans)
+            org_id = org.id
+        for _ in range(KEYS):
+            credits = Decimal(0 if shared_org else 10**9)
+            user, _ = await auth.create_user(s, email=f"bench-{uuid.uuid4().hex[:8]}@example.test", credits=credits)
+            if org_id is not None:
+                s.add(Membership(org_id=org_id, user_id=user.id, allocation=10**11))
+            else:
+                await set_plan(s, subject=f"user:{user.id}", plan="enterprise", plans=plans)
+            keys.append(await auth.issue_key(s, user_id=user.id))
     await engine.dispose()
-    return key
+    return keys
 
 
-async def measure(url: str, headers: dict[str, str], *, concurrency: int, requests: int) -> tuple[float, float, float]:
+WRK = shutil.which("wrk")
+WRK_SCRIPT = """
+local body = %s
+local headers = {%s}
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", nil, headers[(n %% #headers) + 1], body)
+end
+"""
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _lua(value: str) -> str:
+    return "[==[" + value + "]==]"
+
+
+def measure_wrk(url: str, headers: list[dict[str, str]], *, concurrency: int, seconds: float) -> Cell:
+    """RPS, p50 and p99 (ms) as wrk (C, one thread) measures them; requests take the header sets in turn.
+    Any response other than 2xx fails the measurement."""
+    sets = ",".join(
+        "{" + ",".join(f"[{_lua(k)}]={_lua(v)}" for k, v in {**h, "Content-Type": "application/json"}.items()) + "}"
+        for h in headers
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT % (_lua(json.dumps(BODY)), sets))
+    assert WRK is not None
+    warm = [WRK, "-t1", f"-c{concurrency}", "-d1s", "-s", script.name, url]
+    subprocess.run(warm, capture_output=True, check=True)
+    command = [WRK, "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "-s", script.name, url]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    if (bad := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) or "Socket errors" in out:
+        raise AssertionError(f"wrk saw failures ({bad.group(1) if bad else 'socket errors'}):\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    quantile = {q: float(v) * UNIT_MS[u] for q, v, u in re.findall(r"\s(50|99)%\s+([\d.]+)(us|ms|s)\b", out)}
+    return rps, quantile["50"], quantile["99"]
+
+
+async def measure(
+    url: str, headers: dict[str, str] | list[dict[str, str]], *, concurrency: int, requests: int
+) -> tuple[float, float, float]:
+    """RPS, p50 and p99 (ms) of ``requests`` requests from ``concurrency`` clients; client i sends ``headers[i]``.
+    wrk when it is installed (a Python client tops out below what the upstream and the gateway can serve), for
+    ``requests`` / 100 seconds (at least 3); else this process's httpx client."""
+    if WRK is not None:
+        per_client = headers if isinstance(headers, list) else [headers]
+        return measure_wrk(url, per_client, concurrency=concurrency, seconds=max(3.0, requests / 100))
+    per_client = headers if isinstance(headers, list) else [headers]
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=60) as client:
-        for _ in range(min(20, requests)):  # warm up
-            await client.post(url, json=BODY)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        for i in range(min(20, requests)):  # warm up
+            await client.post(url, json=BODY, headers=per_client[i % len(per_client)])
         queue = iter(range(requests))
 
-        async def worker() -> None:
+        async def worker(own: dict[str, str]) -> None:
             for _ in queue:
                 started = time.perf_counter()
-                response = await client.post(url, json=BODY)
+                response = await client.post(url, json=BODY, headers=own)
                 latencies.append(time.perf_counter() - started)
                 assert response.status_code == 200, response.text
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(per_client[i % len(per_client)]) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1]
     return requests / elapsed, statistics.median(latencies) * 1000, p99 * 1000
 
 
-# The ORM path with nothing cached (the code before the hot-path work) beside the default, in the same run.
-VARIANTS = {"default": {}, "orm, no caches": {"CREDITGATE_FAST_LEDGER": "false", "CREDITGATE_CACHE_SECONDS": "0"}}
-
-
-Cell = tuple[float, float, float]  # rps, p50 ms, p99 ms
+# Beside the default, in the same run: one org balance shared by every client, group commit off (one function call
+# per money step), and the ORM path with nothing cached (the code before the hot-path work).
+VARIANTS: dict[str, dict[str, str]] = {
+    "default": {},
+    "shared org": {},
+    "one call per step": {"CREDITGATE_GROUP_COMMIT": "false"},
+    "orm, no caches": {"CREDITGATE_FAST_LEDGER": "false", "CREDITGATE_CACHE_SECONDS": "0"},
+}
+SQLITE_VARIANTS = ("default", "orm, no caches")  # no round trips to save: neither function calls nor group commit
 
 
 def _measure_litellm(litellm: LiveServer, concurrency: int, requests: int) -> Cell | None:
@@ -83,7 +165,7 @@ def _measure_litellm(litellm: LiveServer, concurrency: int, requests: int) -> Ce
         return asyncio.run(
             measure(f"{litellm.url}/v1/chat/completions", LITELLM_HEADERS, concurrency=concurrency, requests=requests)
         )
-    except (AssertionError, httpx.HTTPError) as exc:
+    except (AssertionError, httpx.HTTPError, subprocess.CalledProcessError) as exc:
         print(f"LiteLLM: skipped at concurrency {concurrency} ({type(exc).__name__}: {str(exc)[:200]})")
         return None
 
@@ -111,7 +193,7 @@ def run(
     litellm: LiveServer | None = None,
 ) -> None:
     migrate(database_url)
-    key = run_sync(_key(database_url))
+    keys = run_sync(_keys(database_url, shared_org=variant == "shared org"))
     root = Path(tempfile.mkdtemp())
     (root / "catalog.json").write_text(catalog_for_tests(f"{fake_url}/v1").model_dump_json())
     env = {"CREDITGATE_DATABASE_URL": database_url, "CREDITGATE_CATALOG": str(root / "catalog.json")}
@@ -130,7 +212,7 @@ def run(
             g_rps, g_p50, g_p99 = asyncio.run(
                 measure(
                     f"{gateway.url}/v1/chat/completions",
-                    {"Authorization": f"Bearer {key}"},
+                    [{"Authorization": f"Bearer {key}"} for key in keys],
                     concurrency=concurrency,
                     requests=requests,
                 )
@@ -150,13 +232,16 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"some of: {', '.join(VARIANTS)}")
     args, _ = parser.parse_known_args()
+    variants = [v.strip() for v in args.variants.split(",")]
+    print(f"load generator: {f'wrk ({WRK})' if WRK else 'httpx in this process (wrk not found: apt-get install wrk)'}")
     with fake_upstream() as fake_url, litellm_proxy(fake_url, MODEL) as litellm:
-        for variant in VARIANTS:
+        for variant in (v for v in variants if v in SQLITE_VARIANTS):
             sqlite = f"sqlite+aiosqlite:///{tempfile.mkdtemp()}/bench.db"
             run(sqlite, "SQLite", fake_url, args.requests, variant, litellm)
         try:
-            for variant in VARIANTS:
+            for variant in variants:
                 with postgres_database("cg_bench") as (url, _):
                     run(url, "Postgres", fake_url, args.requests, variant, litellm)
         except ServiceUnavailable as exc:

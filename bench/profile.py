@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import cProfile
 import functools
+import pstats
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -24,11 +26,12 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 
 import creditgate.auth.deps as deps
+import creditgate.ledger.fast as fast
 import creditgate.ledger.service as ledger
 import creditgate.llm.metering as metering
 import creditgate.providers.pool as pool
 from bench.common import fake_upstream, postgres_database
-from bench.overhead import BODY, _key
+from bench.overhead import BODY, _keys
 from creditgate.db.engine import create_engine, create_sessionmaker
 from creditgate.main import create_app
 from creditgate.settings import Settings
@@ -54,10 +57,12 @@ def _timed(label: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Await
 ORDER = (
     "auth (API key → principal)",
     "Meter.open (keys, quota, hold)",
-    "  of which place_hold",
+    "  of which the hold (Postgres: one call)",
+    "  of which place_hold (ORM path)",
     "upstream call (pool.complete)",
     "Meter.settle (settle + usage)",
-    "  of which settle_hold",
+    "  of which the close (Postgres: one call)",
+    "  of which settle_hold (ORM path)",
 )
 
 
@@ -68,14 +73,16 @@ def instrument() -> None:
     open_ = metering.Meter.open.__func__  # type: ignore[attr-defined]
     metering.Meter.open = classmethod(_timed("Meter.open (keys, quota, hold)", open_))  # type: ignore[assignment]
     metering.Meter.settle = _timed("Meter.settle (settle + usage)", metering.Meter.settle)  # type: ignore[method-assign]
-    ledger.place_hold = _timed("  of which place_hold", ledger.place_hold)
-    ledger.settle_hold = _timed("  of which settle_hold", ledger.settle_hold)
+    ledger.place_hold = _timed("  of which place_hold (ORM path)", ledger.place_hold)
+    ledger.settle_hold = _timed("  of which settle_hold (ORM path)", ledger.settle_hold)
+    fast.PostgresLedger.hold = _timed("  of which the hold (Postgres: one call)", fast.PostgresLedger.hold)  # type: ignore[method-assign]
+    fast.PostgresLedger.close = _timed("  of which the close (Postgres: one call)", fast.PostgresLedger.close)  # type: ignore[method-assign]
     complete = pool.ProviderPool.complete
     pool.ProviderPool.complete = _timed("upstream call (pool.complete)", complete)  # type: ignore[method-assign]
 
 
-async def stages(url: str, fake_url: str, requests: int) -> None:
-    key = await _key(url)
+async def stages(url: str, fake_url: str, requests: int, *, cprofile: int = 0) -> None:
+    key = (await _keys(url, shared_org=False))[0]
     app = create_app(Settings(_env_file=None, database_url=url), catalog=catalog_for_tests(f"{fake_url}/v1"))  # type: ignore[call-arg]
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
@@ -85,13 +92,20 @@ async def stages(url: str, fake_url: str, requests: int) -> None:
                 assert (await client.post("/v1/chat/completions", json=BODY)).status_code == 200
             for label in list(STAGES):
                 STAGES[label] = 0.0
+            profiler = cProfile.Profile() if cprofile else None
             started = time.perf_counter()
+            if profiler is not None:
+                profiler.enable()
             for _ in range(requests):
                 await client.post("/v1/chat/completions", json=BODY)
+            if profiler is not None:
+                profiler.disable()
             elapsed = time.perf_counter() - started
     print(f"  {requests / elapsed:.0f} requests/s, {elapsed / requests * 1000:.2f} ms per request (client included)")
     for label, seconds in STAGES.items():
-        print(f"  {label:<34} {seconds / requests * 1000:6.2f} ms")
+        print(f"  {label:<42} {seconds / requests * 1000:6.2f} ms")
+    if profiler is not None:  # CPU by function, this process (client, gateway; not the upstream or the database)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(cprofile)
 
 
 async def statement_cost(pg_url: str, sa_url: str, n: int = 1000) -> None:
@@ -125,18 +139,19 @@ async def statement_cost(pg_url: str, sa_url: str, n: int = 1000) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--cprofile", type=int, default=0, metavar="N", help="also print the N costliest functions")
     args, _ = parser.parse_known_args()
     instrument()
     with fake_upstream() as fake_url:
         sqlite = f"sqlite+aiosqlite:///{tempfile.mkdtemp()}/profile.db"
         migrate(sqlite)
         print(f"SQLite, {args.requests} sequential requests:")
-        asyncio.run(stages(sqlite, fake_url, args.requests))
+        asyncio.run(stages(sqlite, fake_url, args.requests, cprofile=args.cprofile))
         try:
             with postgres_database("cg_profile") as (url, _):
                 migrate(url)
                 print(f"Postgres, {args.requests} sequential requests:")
-                asyncio.run(stages(url, fake_url, args.requests))
+                asyncio.run(stages(url, fake_url, args.requests, cprofile=args.cprofile))
                 print("One statement on Postgres:")
                 asyncio.run(statement_cost(url.replace("postgresql+asyncpg://", "postgresql://"), url))
         except ServiceUnavailable as exc:
