@@ -270,7 +270,7 @@ class Meter:
             )
         return charged
 
-    async def release(self, *, provider: str | None = None, outcome: str = "failed") -> None:
+    async def release(self, *, outcome: str = "failed") -> None:
         """Give the whole hold back (a failed request costs nothing) and record the attempt."""
         if self.closed:
             return
@@ -284,7 +284,7 @@ class Meter:
                         charge=0,
                         description=None,
                         user_id=self.principal.user_id,
-                        usage=self._usage(provider, 0, 0, 0, outcome),
+                        usage=self._usage(None, 0, 0, 0, outcome),
                     )
                     if closed is not None:
                         metrics.committed(released=self.held)
@@ -292,7 +292,7 @@ class Meter:
                 async with self.rt.sessionmaker() as session, session.begin():
                     if self.hold_id is not None:
                         await ledger.release_hold(session, hold_id=self.hold_id, user_id=self.principal.user_id)
-                    usage = self._usage(provider, 0, 0, 0, outcome).row(user_id=self.principal.user_id, credits=ZERO)
+                    usage = self._usage(None, 0, 0, 0, outcome).row(user_id=self.principal.user_id, credits=ZERO)
                     await session.execute(insert(UsageRecord), [usage])
             except Exception:  # the sweeper releases it at expiry
                 log.exception("could not release hold %s; the sweeper will", self.hold_id)

@@ -139,8 +139,9 @@ async def test_a_failed_call_is_released_and_recorded_on_either_path(
     assert (await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)).status_code == 502
     usage = (await async_client.get("/user/usage", headers=cg_funded_user.headers)).json()["data"]
     assert [
-        (u["credits"], u["outcome"], u["prompt_tokens"], u["completion_tokens"], u["latency_ms"]) for u in usage
-    ] == [("0.00", "failed", 0, 0, 0)]
+        (u["credits"], u["outcome"], u["prompt_tokens"], u["completion_tokens"], u["latency_ms"], u["provider"])
+        for u in usage
+    ] == [("0.00", "failed", 0, 0, 0, None)]
     async with cg_sessionmaker() as s:
         entries = [
             (e.type, e.user_id)
@@ -152,7 +153,7 @@ async def test_a_failed_call_is_released_and_recorded_on_either_path(
     assert (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"] == "1000.00"
 
 
-@ON_POSTGRES
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
 async def test_an_answered_requests_entries_name_the_user_and_the_route(
     async_client: httpx.AsyncClient,
     cg_funded_user: TestUser,
@@ -179,4 +180,7 @@ async def test_an_answered_requests_entries_name_the_user_and_the_route(
         ("api_usage", cg_funded_user.id, f"test-model via {provider}"),
     ]
     usage = (await async_client.get("/user/usage", headers=cg_funded_user.headers)).json()["data"]
-    assert [(u["outcome"], u["provider"]) for u in usage] == [("ok", provider)]
+    assert [(u["outcome"], u["provider"], u["prompt_tokens"], u["completion_tokens"]) for u in usage] == [
+        ("ok", provider, 1000, 100)
+    ]
+    assert isinstance(usage[0]["latency_ms"], int)

@@ -5,10 +5,18 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from creditgate.auth.service import authenticate_cached
+from creditgate.db.models import Hold, UsageRecord
+from creditgate.llm.metering import Meter
+from creditgate.runtime import Runtime
 from creditgate.settings import Settings
 from creditgate_harness.fakes.providers import FakeProvider, Reply
 from creditgate_harness.gateway import TestUser, UserFactory
@@ -67,3 +75,136 @@ async def test_a_cached_byok_key_is_only_ever_its_owners(
         sent = cg_upstream.calls[-1].headers["authorization"]
         assert (sent == "Bearer sk-owner-own-key-1234") is (user is owner)
         assert (response.headers["X-Creditgate-Credits-Charged"] == "0.00") is (user is owner)
+
+
+def _counter(name: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+CREDITS = ("held", "charged", "released")
+
+
+@EITHER_PATH
+async def test_the_credit_counters_add_up_to_the_hold(
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_upstream: FakeProvider
+) -> None:
+    before = {c: _counter(f"creditgate_credits_{c}_total") for c in CREDITS}
+    cg_upstream.push(Reply(prompt_tokens=1000, completion_tokens=10))
+    response = await async_client.post(CHAT, json=BODY | {"max_tokens": 4000}, headers=cg_funded_user.headers)
+    moved = {c: round(_counter(f"creditgate_credits_{c}_total") - before[c], 2) for c in CREDITS}
+    charged = float(response.headers["X-Creditgate-Credits-Charged"])
+    assert moved["charged"] == charged > 0
+    assert moved["released"] > 0  # 10 of the 4,000 held completion tokens were used
+    assert moved["held"] == round(moved["charged"] + moved["released"], 2)
+
+
+@EITHER_PATH
+async def test_the_worker_caches_byok_keys_and_the_increment_between_requests(
+    async_client: httpx.AsyncClient, cg_user_factory: UserFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from creditgate.catalog import pricing
+    from creditgate.llm import metering
+
+    calls: list[str] = []
+
+    def counted(name: str, real):  # type: ignore[no-untyped-def]
+        async def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(name)
+            return await real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(metering, "keys_for", counted("byok", metering.keys_for))
+    monkeypatch.setattr(pricing, "current_increment", counted("increment", pricing.current_increment))
+    first, second = await cg_user_factory(credits=1000), await cg_user_factory(credits=1000)
+    for user in (first, first, second, second, first):
+        assert (await async_client.post(CHAT, json=BODY, headers=user.headers)).status_code == 200
+    assert sorted(calls) == ["byok", "byok", "increment"]  # once per user, once per worker
+
+
+@EITHER_PATH
+async def test_each_subject_has_its_own_quota_and_a_refusal_for_credits_does_not_count(
+    cg_app: FastAPI, async_client: httpx.AsyncClient, cg_user_factory: UserFactory, cg_admin_user: TestUser
+) -> None:
+    quotas = cg_app.state.runtime.quotas
+    quotas.plans["tiny"], quotas.default_plan = 2, "tiny"
+    first, broke = await cg_user_factory(credits=1000), await cg_user_factory(credits=0)
+    assert [(await async_client.post(CHAT, json=BODY, headers=first.headers)).status_code for _ in range(3)] == [
+        200,
+        200,
+        429,
+    ]
+    assert [(await async_client.post(CHAT, json=BODY, headers=broke.headers)).status_code for _ in range(3)] == [
+        402
+    ] * 3
+    grant = {"email": broke.email, "amount": "10", "idempotency_key": f"grant-{broke.id}"}
+    assert (await async_client.post("/admin/credits", json=grant, headers=cg_admin_user.headers)).status_code == 200
+    assert (await async_client.post(CHAT, json=BODY, headers=broke.headers)).status_code == 200
+
+
+async def test_an_image_request_short_of_credits_says_so_without_a_token_count(
+    async_client: httpx.AsyncClient, cg_user_factory: UserFactory
+) -> None:
+    broke = await cg_user_factory(credits=1)
+    response = await async_client.post("/v1/images/generations", json={"prompt": "a cat"}, headers=broke.headers)
+    assert response.status_code == 402
+    error = response.json()["error"]
+    assert error["reason"] == "insufficient_credits"
+    assert "max_affordable_tokens" not in error
+
+
+@EITHER_PATH
+async def test_a_cancelled_settle_still_commits(
+    cg_funded_user: TestUser, cg_runtime: Runtime, cg_sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    meter = await _meter(cg_runtime, cg_funded_user)
+
+    async def settle() -> None:
+        await meter.settle(charge=meter.held, provider="fake", prompt_tokens=1, completion_tokens=1, latency_ms=1)
+
+    async with anyio.create_task_group() as requests:  # how the server cancels a request whose client went away
+        requests.start_soon(settle)
+        await anyio.lowlevel.checkpoint()
+        requests.cancel_scope.cancel()
+    async with cg_sessionmaker() as s:
+        hold = await s.get(Hold, meter.hold_id)
+        assert hold is not None
+        assert (hold.status, hold.charged) == ("settled", hold.amount)
+        assert hold.amount > 0
+
+
+@EITHER_PATH
+async def test_a_release_happens_once_and_on_postgres_in_one_call(
+    cg_funded_user: TestUser,
+    cg_runtime: Runtime,
+    cg_sessionmaker: async_sessionmaker[AsyncSession],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from creditgate.ledger import service as ledger
+
+    meter = await _meter(cg_runtime, cg_funded_user)
+    if not database_url.startswith("sqlite"):
+
+        async def not_here(*args: object, **kwargs: object) -> bool:
+            raise AssertionError("the ORM path released a hold the fast path should have")
+
+        monkeypatch.setattr(ledger, "release_hold", not_here)
+    released_before = _counter("creditgate_credits_released_total")
+    await meter.release()
+    await meter.release()
+    async with cg_sessionmaker() as s:
+        hold = await s.get(Hold, meter.hold_id)
+        assert hold is not None
+        assert hold.status == "released"
+        usage = (await s.execute(select(UsageRecord.outcome, UsageRecord.credits))).all()
+    assert [tuple(u) for u in usage] == [("failed", 0)]
+    assert round(_counter("creditgate_credits_released_total") - released_before, 2) == float(meter.held) > 0
+
+
+async def _meter(rt: Runtime, user: TestUser) -> Meter:
+    principal = await authenticate_cached(rt.caches, rt.sessionmaker, user.key)
+    assert principal is not None
+    return await Meter.open(rt, principal, rt.catalog.model("test-model"), prompt_estimate=10, max_tokens=100)

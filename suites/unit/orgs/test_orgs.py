@@ -80,6 +80,8 @@ async def test_refusals_say_which_limit(
     error = response.json()["error"]
     assert error["reason"] == reason
     assert phrase in error["message"]
+    # Short of credits, the answer says how many tokens would fit; short of an allocation, the limit is the seat's.
+    assert ("max_affordable_tokens" in error) is (reason == "org_insufficient_credits")
 
 
 async def test_leaving_the_org_falls_back_to_own_credits(
