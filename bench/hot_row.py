@@ -6,7 +6,7 @@ Three ways side by side in one run, each on a fresh account:
 - ``group commit``: ``creditgate_hold_batch`` / ``creditgate_close_batch`` (what the gateway runs): the holds and
   settles waiting at the same moment share one call, one transaction, and one write of the account row.
 
-Run on demand: `nox -s bench` or `python -m bench.hot_row --clients 256 --seconds 10`.
+Run on demand: `nox -s bench` or `python -m bench.hot_row --clients 1024 --seconds 10`.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ async def hammer(url: str, way: str, *, clients: int, seconds: float) -> tuple[i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--clients", type=int, default=256, help="concurrent clients on the one account")
+    parser.add_argument("--clients", type=int, default=1024, help="concurrent clients on the one account")
     parser.add_argument("--seconds", type=float, default=10, help="per way")
     parser.add_argument("--ways", default="orm,one-per-call,group commit")
     args, _ = parser.parse_known_args()

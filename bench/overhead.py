@@ -99,15 +99,26 @@ def measure_wrk(url: str, headers: list[dict[str, str]], *, concurrency: int, se
     """RPS, p50 and p99 (ms) as wrk (C, one thread) measures them; requests take the header sets in turn.
     Any response other than 2xx fails the measurement."""
     sets = ",".join(
-        "{" + ",".join(f"[{_lua(k)}]={_lua(v)}" for k, v in {**h, "Content-Type": "application/json"}.items()) + "}"
+        "{" + ",".join(f"[ {_lua(k)} ]={_lua(v)}" for k, v in {**h, "Content-Type": "application/json"}.items()) + "}"
         for h in headers
     )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT % (_lua(json.dumps(BODY)), sets))
     assert WRK is not None
-    warm = [WRK, "-t1", f"-c{concurrency}", "-d1s", "-s", script.name, url]
+    warm = [WRK, "-t1", f"-c{concurrency}", "-d1s", "--timeout", "60s", "-s", script.name, url]
     subprocess.run(warm, capture_output=True, check=True)
-    command = [WRK, "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--latency", "-s", script.name, url]
+    command = [
+        WRK,
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{seconds:g}s",
+        "--timeout",
+        "60s",
+        "--latency",
+        "-s",
+        script.name,
+        url,
+    ]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     if (bad := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) or "Socket errors" in out:
         raise AssertionError(f"wrk saw failures ({bad.group(1) if bad else 'socket errors'}):\n{out}")
@@ -154,9 +165,9 @@ VARIANTS: dict[str, dict[str, str]] = {
     "default": {},
     "shared org": {},
     "one call per step": {"CREDITGATE_GROUP_COMMIT": "false"},
-    "orm, no caches": {"CREDITGATE_FAST_LEDGER": "false", "CREDITGATE_CACHE_SECONDS": "0"},
+    "orm no caches": {"CREDITGATE_FAST_LEDGER": "false", "CREDITGATE_CACHE_SECONDS": "0"},
 }
-SQLITE_VARIANTS = ("default", "orm, no caches")  # no round trips to save: neither function calls nor group commit
+SQLITE_VARIANTS = ("default", "orm no caches")  # no round trips to save: neither function calls nor group commit
 
 
 def _measure_litellm(litellm: LiveServer, concurrency: int, requests: int) -> Cell | None:

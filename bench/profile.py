@@ -69,7 +69,7 @@ ORDER = (
 def instrument() -> None:
     for label in ORDER:
         STAGES[label] = 0.0
-    deps.authenticate = _timed("auth (API key → principal)", deps.authenticate)  # type: ignore[assignment]
+    deps.authenticate_cached = _timed("auth (API key → principal)", deps.authenticate_cached)
     open_ = metering.Meter.open.__func__  # type: ignore[attr-defined]
     metering.Meter.open = classmethod(_timed("Meter.open (keys, quota, hold)", open_))  # type: ignore[assignment]
     metering.Meter.settle = _timed("Meter.settle (settle + usage)", metering.Meter.settle)  # type: ignore[method-assign]
