@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from creditgate.errors import ModelNotFound
 
@@ -59,6 +59,8 @@ class Catalog(BaseModel):
 
     providers: tuple[ProviderConfig, ...]
     models: tuple[ModelConfig, ...]
+    # By id, for one dict lookup per request; built on first use, and again for a copy with other models.
+    _models: tuple[tuple[ModelConfig, ...], dict[str, ModelConfig]] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _routes_name_known_providers(self) -> Catalog:
@@ -76,13 +78,14 @@ class Catalog(BaseModel):
         return cls.model_validate_json((path or DEFAULT_CATALOG).read_text())
 
     def model(self, model_id: str) -> ModelConfig:
-        for model in self.models:
-            if model.id == model_id:
-                return model
-        raise ModelNotFound(
-            f"model {model_id!r} is not in the catalog; GET /catalog/models lists the available models",
-            model=model_id,
-        )
+        if self._models is None or self._models[0] is not self.models:
+            self._models = (self.models, {m.id: m for m in self.models})
+        if (model := self._models[1].get(model_id)) is None:
+            raise ModelNotFound(
+                f"model {model_id!r} is not in the catalog; GET /catalog/models lists the available models",
+                model=model_id,
+            )
+        return model
 
     def provider(self, name: str) -> ProviderConfig:
         return next(p for p in self.providers if p.name == name)
