@@ -192,3 +192,51 @@ async def test_a_hold_closed_twice_at_once_is_charged_once(fast: PostgresLedger,
     close = {"hold_id": held[0], "status": "settled", "charge": 60, "description": None, "user_id": None, "usage": None}
     answers = await asyncio.gather(*(fast.close(**close) for _ in range(3)))  # type: ignore[arg-type]
     assert sorted(answers, key=lambda a: a is None) == [(60, 100_000 - 60), None, None]
+
+
+async def test_a_lost_connection_fails_the_whole_batch_and_nothing_is_retried_alone(
+    fast: PostgresLedger, cg_funded_user: TestUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncpg import ConnectionDoesNotExistError
+
+    one_by_one: list[object] = []
+
+    async def gone(*args: object) -> None:
+        raise ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+    async def alone(request: object) -> None:
+        one_by_one.append(request)  # a retry alone could commit a hold whose batch did commit
+
+    monkeypatch.setattr(fast.holds, "_run_batch", gone)
+    monkeypatch.setattr(fast.holds, "_run_one", alone)
+    results = await asyncio.gather(
+        *(
+            fast.hold(
+                account_id=cg_funded_user.account_id,
+                units=100,
+                request_id=f"lost{i}",
+                ttl_seconds=TTL,
+                membership_id=None,
+                user_id=None,
+            )
+            for i in range(5)
+        ),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, ConnectionDoesNotExistError) for r in results)
+    assert one_by_one == []
+
+
+async def test_without_group_commit_each_request_is_its_own_call(
+    database_url: str, cg_funded_user: TestUser, cg_ledger_auditor
+) -> None:
+    store = await PostgresLedger.connect(database_url, size=4, batch=False)
+    try:
+        held = await _hold_many(
+            store, 20, account_id=cg_funded_user.account_id, units=100, membership_id=None, user_id=None
+        )
+    finally:
+        await store.close_pool()
+    assert all(h is not None for h in held)
+    assert store.holds.batches == store.holds.requests == 20
+    assert cg_ledger_auditor().ok
