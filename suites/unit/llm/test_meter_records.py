@@ -208,3 +208,14 @@ async def _meter(rt: Runtime, user: TestUser) -> Meter:
     principal = await authenticate_cached(rt.caches, rt.sessionmaker, user.key)
     assert principal is not None
     return await Meter.open(rt, principal, rt.catalog.model("test-model"), prompt_estimate=10, max_tokens=100)
+
+
+@EITHER_PATH
+async def test_an_unlimited_plan_is_served_and_counted_nowhere(
+    cg_app: FastAPI, async_client: httpx.AsyncClient, cg_funded_user: TestUser
+) -> None:
+    quotas = cg_app.state.runtime.quotas
+    quotas.plans["unlimited"], quotas.default_plan = None, "unlimited"
+    response = await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)
+    assert response.status_code == 200, response.text
+    assert "X-RateLimit-Limit" not in response.headers
