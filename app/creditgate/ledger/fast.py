@@ -115,6 +115,7 @@ class Batcher(Generic[T, R]):
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0  # calls made (requests / batches = the mean batch size)
         self.requests = 0
+        self.fallbacks = 0  # batches that failed and were retried request by request (each one logged)
 
     def submit(self, item: T) -> asyncio.Future[R]:
         """Queue ``item``; the future has its answer once its batch has committed (await it shielded: cancelling
@@ -162,6 +163,7 @@ class Batcher(Generic[T, R]):
                             future.set_exception(exc)
                     continue
                 log.warning("a batch of %d failed (%s); each request alone", len(items), exc)
+                self.fallbacks += 1
                 await asyncio.gather(*(self._one(item, future) for item, future in batch))
                 continue
             for (_, future), result in zip(batch, results, strict=True):
@@ -182,7 +184,7 @@ class Batcher(Generic[T, R]):
 class PostgresLedger:
     """An asyncpg pool of its own (the ORM's pool checks out, pings and begins: ~1 ms per step here)."""
 
-    def __init__(self, pool: Any, *, batch: bool = True) -> None:
+    def __init__(self, pool: Any, *, batch: bool) -> None:
         self._pool = pool
         self.holds: Batcher[HoldRequest, tuple[int, int] | None] = Batcher(
             self._hold_batch, self._hold_one, max_batch=MAX_BATCH if batch else 1

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from creditgate.db.models import Account, Hold, Membership, Org, UsageRecord
+from creditgate.db.models import Account, Hold, LedgerEntry, Membership, Org, UsageRecord
 from creditgate.ledger import service as ledger
 from creditgate.ledger.fast import PostgresLedger, Usage
 from creditgate_harness.gateway import TestUser, UserFactory
@@ -51,6 +51,7 @@ async def test_concurrent_holds_on_one_balance_share_transactions_and_never_over
     assert len(granted) == 100  # 1,000 credits = 100 holds of 10.00; the other 50 refused, nothing changed for them
     assert sorted(balance for _, balance in granted) == list(range(0, 100_000, 1000))
     assert fast.holds.batches < fast.holds.requests == 150  # several requests per transaction
+    assert fast.holds.fallbacks == 0  # and none of them retried one by one
     async with cg_sessionmaker() as s:
         assert await ledger.balance_of(s, cg_funded_user.account_id) == Decimal("0.00")
 
@@ -69,6 +70,7 @@ async def test_concurrent_holds_on_one_balance_share_transactions_and_never_over
     )
     assert [c[0] for c in closes if c is not None] == [730 if n % 2 else 0 for n in range(100)]
     assert fast.closes.batches < fast.closes.requests == 100
+    assert fast.closes.fallbacks == 0
     async with cg_sessionmaker() as s:
         assert await ledger.balance_of(s, cg_funded_user.account_id) == Decimal(1000) - 50 * Decimal("7.30")
         assert await s.scalar(select(func.count()).select_from(UsageRecord)) == 100
@@ -112,6 +114,7 @@ async def test_a_batch_keeps_each_members_allocation_on_a_shared_org_balance(
         )
     )
     assert sum(r is not None for r in results) == 10  # 50.00 / 5.00: the shared balance runs out first
+    assert fast.holds.fallbacks == 0
     async with cg_sessionmaker() as s:
         used = dict((await s.execute(select(Membership.id, Membership.used).where(Membership.org_id == org.id))).all())
         assert all(u <= 2000 for u in used.values())  # no member past 20.00 (4 holds of 5.00)
@@ -135,23 +138,28 @@ async def test_one_bad_request_fails_alone_and_its_batch_mates_are_answered(
         user_id=None,
     )
     assert first is not None
-    batch = [f"ok{i}" for i in range(10)] + ["dup"]  # a request id already held: the batch's INSERT fails
-    results = await asyncio.gather(
-        *(
-            fast.hold(
-                account_id=cg_funded_user.account_id,
-                units=100,
-                request_id=r,
-                ttl_seconds=TTL,
-                membership_id=None,
-                user_id=None,
-            )
-            for r in batch
+    fast.holds._in_flight, fast.holds._max_batch = 1, 4  # batches [dup ok0 ok1 ok2] [ok3 … ok6] [ok7 ok8 ok9]
+    batch = ["dup"] + [f"ok{i}" for i in range(10)]  # a request id already held: the first batch's INSERT fails
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(
+                fast.hold(
+                    account_id=cg_funded_user.account_id,
+                    units=100,
+                    request_id=r,
+                    ttl_seconds=TTL,
+                    membership_id=None,
+                    user_id=None,
+                )
+                for r in batch
+            ),
+            return_exceptions=True,
         ),
-        return_exceptions=True,
+        timeout=30,  # every request answered: none left queued behind the failed batch
     )
-    assert isinstance(results[-1], asyncpg.UniqueViolationError)
-    assert all(isinstance(r, tuple) for r in results[:-1])
+    assert isinstance(results[0], asyncpg.UniqueViolationError)
+    assert all(isinstance(r, tuple) for r in results[1:])
+    assert (fast.holds.batches, fast.holds.fallbacks) == (4, 1)  # the lone first hold, then three; one retried
     assert cg_ledger_auditor().ok
 
 
@@ -165,7 +173,7 @@ async def test_a_cancelled_callers_hold_goes_straight_back(
             request_id="gone",
             ttl_seconds=TTL,
             membership_id=None,
-            user_id=None,
+            user_id=cg_funded_user.id,
         )
     )
     await asyncio.sleep(0)  # queued and sent
@@ -175,7 +183,11 @@ async def test_a_cancelled_callers_hold_goes_straight_back(
     await fast.holds.drain()
     await fast.closes.drain()
     async with cg_sessionmaker() as s:
-        assert await s.scalar(select(Hold.status).where(Hold.request_id == "gone")) == "released"
+        hold = (await s.execute(select(Hold.id, Hold.status).where(Hold.request_id == "gone"))).one()
+        assert hold.status == "released"
+        of_hold = select(LedgerEntry.type, LedgerEntry.user_id).where(LedgerEntry.hold_id == hold.id)
+        entries = (await s.execute(of_hold.order_by(LedgerEntry.id))).all()
+        assert [tuple(e) for e in entries] == [("hold", cg_funded_user.id), ("release", cg_funded_user.id)]
         assert await ledger.balance_of(s, cg_funded_user.account_id) == Decimal(1000)
 
 
@@ -209,19 +221,23 @@ async def test_a_lost_connection_fails_the_whole_batch_and_nothing_is_retried_al
 
     monkeypatch.setattr(fast.holds, "_run_batch", gone)
     monkeypatch.setattr(fast.holds, "_run_one", alone)
-    results = await asyncio.gather(
-        *(
-            fast.hold(
-                account_id=cg_funded_user.account_id,
-                units=100,
-                request_id=f"lost{i}",
-                ttl_seconds=TTL,
-                membership_id=None,
-                user_id=None,
-            )
-            for i in range(5)
+    fast.holds._max_batch = 1  # five batches: each fails, none stops the queue
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(
+                fast.hold(
+                    account_id=cg_funded_user.account_id,
+                    units=100,
+                    request_id=f"lost{i}",
+                    ttl_seconds=TTL,
+                    membership_id=None,
+                    user_id=None,
+                )
+                for i in range(5)
+            ),
+            return_exceptions=True,
         ),
-        return_exceptions=True,
+        timeout=30,
     )
     assert all(isinstance(r, ConnectionDoesNotExistError) for r in results)
     assert one_by_one == []
@@ -235,8 +251,16 @@ async def test_without_group_commit_each_request_is_its_own_call(
         held = await _hold_many(
             store, 20, account_id=cg_funded_user.account_id, units=100, membership_id=None, user_id=None
         )
+        closed = await asyncio.gather(
+            *(
+                store.close(hold_id=h[0], status="released", charge=0, description=None, user_id=None, usage=None)
+                for h in held
+            )
+        )
     finally:
         await store.close_pool()
     assert all(h is not None for h in held)
+    assert all(c is not None for c in closed)
     assert store.holds.batches == store.holds.requests == 20
+    assert store.closes.batches == store.closes.requests == 20
     assert cg_ledger_auditor().ok

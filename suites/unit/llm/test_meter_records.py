@@ -3,6 +3,7 @@ low balance) and whose provider key a cached BYOK lookup hands out."""
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 
 import anyio
@@ -182,6 +183,7 @@ async def test_a_release_happens_once_and_on_postgres_in_one_call(
     cg_sessionmaker: async_sessionmaker[AsyncSession],
     database_url: str,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from creditgate.ledger import service as ledger
 
@@ -194,7 +196,8 @@ async def test_a_release_happens_once_and_on_postgres_in_one_call(
         monkeypatch.setattr(ledger, "release_hold", not_here)
     released_before = _counter("creditgate_credits_released_total")
     await meter.release()
-    await meter.release()
+    await meter.release()  # a no-op: nothing logged, nothing recorded twice
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     async with cg_sessionmaker() as s:
         hold = await s.get(Hold, meter.hold_id)
         assert hold is not None
