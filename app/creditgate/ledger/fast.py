@@ -186,15 +186,14 @@ class PostgresLedger:
 
     def __init__(self, pool: Any, *, batch: bool) -> None:
         self._pool = pool
-        self.holds: Batcher[HoldRequest, tuple[int, int] | None] = Batcher(
-            self._hold_batch, self._hold_one, max_batch=MAX_BATCH if batch else 1
-        )
+        self._batch = batch  # False: each request its own call, straight to the pool (no queue)
+        self.holds: Batcher[HoldRequest, tuple[int, int] | None] = Batcher(self._hold_batch, self._hold_one)
         self.closes: Batcher[CloseRequest, tuple[int, int] | None] = Batcher(
-            self._close_batch, self._close_one, max_batch=MAX_BATCH if batch else 1, distinct=lambda c: c.hold_id
+            self._close_batch, self._close_one, distinct=lambda c: c.hold_id
         )
 
     @classmethod
-    async def connect(cls, url: str, *, size: int, batch: bool = True) -> PostgresLedger:
+    async def connect(cls, url: str, *, size: int, batch: bool) -> PostgresLedger:
         import asyncpg
 
         return cls(await asyncpg.create_pool(libpq_url(url), min_size=1, max_size=size), batch=batch)
@@ -216,7 +215,10 @@ class PostgresLedger:
         user_id: int | None,
     ) -> tuple[int, int] | None:
         """``(hold id, balance after)``, or ``None`` if the balance or the allocation is short (nothing changed)."""
-        future = self.holds.submit(HoldRequest(account_id, units, request_id, ttl_seconds, membership_id, user_id))
+        request = HoldRequest(account_id, units, request_id, ttl_seconds, membership_id, user_id)
+        if not self._batch:
+            return await self._hold_one(request)
+        future = self.holds.submit(request)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:  # the caller is gone: a hold placed for it goes straight back
@@ -241,6 +243,8 @@ class PostgresLedger:
     ) -> tuple[int, int] | None:
         """``(charged, balance after)`` with the usage record written, or ``None`` if the hold was not open."""
         close = CloseRequest(hold_id, status, charge, description, user_id, usage)
+        if not self._batch:
+            return await self._close_one(close)
         return await asyncio.shield(self.closes.submit(close))  # once sent, it commits or not, caller or no caller
 
     async def _hold_one(self, r: HoldRequest) -> tuple[int, int] | None:
