@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -25,6 +26,18 @@ async def fast(database_url: str, cg_sessionmaker: async_sessionmaker[AsyncSessi
     store = await PostgresLedger.connect(database_url, size=4, batch=True)
     yield store
     await store.close_pool()
+
+
+def _hold(fast: PostgresLedger, user: TestUser, request_id: str, *, user_id: int | None = None) -> Any:
+    """One 1.00-credit hold on ``user``'s own account (the call, to await or gather)."""
+    return fast.hold(
+        account_id=user.account_id,
+        units=100,
+        request_id=request_id,
+        ttl_seconds=TTL,
+        membership_id=None,
+        user_id=user_id,
+    )
 
 
 def _usage(request_id: str) -> Usage:
@@ -129,30 +142,13 @@ async def test_one_bad_request_fails_alone_and_its_batch_mates_are_answered(
 ) -> None:
     import asyncpg
 
-    first = await fast.hold(
-        account_id=cg_funded_user.account_id,
-        units=100,
-        request_id="dup",
-        ttl_seconds=TTL,
-        membership_id=None,
-        user_id=None,
-    )
+    first = await _hold(fast, cg_funded_user, "dup")
     assert first is not None
     fast.holds._in_flight, fast.holds._max_batch = 1, 4  # batches [dup ok0 ok1 ok2] [ok3 … ok6] [ok7 ok8 ok9]
     batch = ["dup"] + [f"ok{i}" for i in range(10)]  # a request id already held: the first batch's INSERT fails
     results = await asyncio.wait_for(
         asyncio.gather(
-            *(
-                fast.hold(
-                    account_id=cg_funded_user.account_id,
-                    units=100,
-                    request_id=r,
-                    ttl_seconds=TTL,
-                    membership_id=None,
-                    user_id=None,
-                )
-                for r in batch
-            ),
+            *(_hold(fast, cg_funded_user, r) for r in batch),
             return_exceptions=True,
         ),
         timeout=30,  # every request answered: none left queued behind the failed batch
@@ -166,16 +162,7 @@ async def test_one_bad_request_fails_alone_and_its_batch_mates_are_answered(
 async def test_a_cancelled_callers_hold_goes_straight_back(
     fast: PostgresLedger, cg_funded_user: TestUser, cg_sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
-    waiting = asyncio.ensure_future(
-        fast.hold(
-            account_id=cg_funded_user.account_id,
-            units=100,
-            request_id="gone",
-            ttl_seconds=TTL,
-            membership_id=None,
-            user_id=cg_funded_user.id,
-        )
-    )
+    waiting = asyncio.ensure_future(_hold(fast, cg_funded_user, "gone", user_id=cg_funded_user.id))
     await asyncio.sleep(0)  # queued and sent
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -192,14 +179,7 @@ async def test_a_cancelled_callers_hold_goes_straight_back(
 
 
 async def test_a_hold_closed_twice_at_once_is_charged_once(fast: PostgresLedger, cg_funded_user: TestUser) -> None:
-    held = await fast.hold(
-        account_id=cg_funded_user.account_id,
-        units=100,
-        request_id="twice",
-        ttl_seconds=TTL,
-        membership_id=None,
-        user_id=None,
-    )
+    held = await _hold(fast, cg_funded_user, "twice")
     assert held is not None
     close = {"hold_id": held[0], "status": "settled", "charge": 60, "description": None, "user_id": None, "usage": None}
     answers = await asyncio.gather(*(fast.close(**close) for _ in range(3)))  # type: ignore[arg-type]
@@ -224,17 +204,7 @@ async def test_a_lost_connection_fails_the_whole_batch_and_nothing_is_retried_al
     fast.holds._max_batch = 1  # five batches: each fails, none stops the queue
     results = await asyncio.wait_for(
         asyncio.gather(
-            *(
-                fast.hold(
-                    account_id=cg_funded_user.account_id,
-                    units=100,
-                    request_id=f"lost{i}",
-                    ttl_seconds=TTL,
-                    membership_id=None,
-                    user_id=None,
-                )
-                for i in range(5)
-            ),
+            *(_hold(fast, cg_funded_user, f"lost{i}") for i in range(5)),
             return_exceptions=True,
         ),
         timeout=30,
