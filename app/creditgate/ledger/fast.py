@@ -105,12 +105,10 @@ class Batcher(Generic[T, R]):
         run_batch: Callable[[list[T]], Awaitable[Sequence[R]]],
         run_one: Callable[[T], Awaitable[R]],
         *,
-        max_batch: int = MAX_BATCH,
-        in_flight: int = IN_FLIGHT,
         distinct: Callable[[T], object] | None = None,
     ) -> None:
-        self._run_batch, self._run_one = run_batch, run_one
-        self._max_batch, self._in_flight, self._distinct = max_batch, in_flight, distinct
+        self._run_batch, self._run_one, self._distinct = run_batch, run_one, distinct
+        self._max_batch, self._in_flight = MAX_BATCH, IN_FLIGHT
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0  # calls made (requests / batches = the mean batch size)
