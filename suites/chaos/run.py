@@ -251,8 +251,9 @@ def answered_but_unsettled(database_url: str, rows: list[dict[str, Any]]) -> lis
 
 
 def mispriced(database_url: str, rows: list[dict[str, Any]], upstream: str, pricing: Pricing) -> list[str]:
-    """Diagnosis when the oracle fails: each request whose settled charge differs from the oracle's price of what the
-    upstream served for it (or that was charged although its client saw a failure), with what the upstream recorded."""
+    """Diagnosis when the oracle fails: every charge in the ledger (``api_usage`` entries, whatever their hold's
+    status) that the oracle does not price the same — charged although its client saw a failure or no client row
+    names it, or charged other than the price of what the upstream served — with what the upstream recorded."""
     by_gateway_id = {r["gateway_id"]: r for r in rows if r.get("gateway_id") and r.get("rid")}
     served: dict[str, list[Served]] = {}
     for row in httpx.get(f"{upstream}/_fake/served", timeout=60).json():
@@ -260,19 +261,28 @@ def mispriced(database_url: str, rows: list[dict[str, Any]], upstream: str, pric
         if (found := parse_marker(s.texts)) is not None:
             served.setdefault(found[0], []).append(s)
 
-    async def query() -> list[tuple[str, int]]:
+    async def query() -> list[tuple[str, str, int, int, int]]:
         engine = create_engine(database_url, pool_size=1)
         try:
             async with engine.connect() as conn:
-                found = await conn.execute(sa.text("SELECT request_id, charged FROM holds WHERE status = 'settled'"))
-                return [(str(a), int(b)) for a, b in found]
+                found = await conn.execute(
+                    sa.text(
+                        "SELECT h.request_id, h.status, -e.amount, h.account_id, h.id FROM ledger_entries e "
+                        "JOIN holds h ON h.id = e.hold_id WHERE e.type = 'api_usage'"
+                    )
+                )
+                return [(str(a), str(b), int(c), int(d), int(e)) for a, b, c, d, e in found]
         finally:
             await engine.dispose()
 
     lines = []
-    for request_id, charged in run_sync(query()):
+    for request_id, status, charged, account, hold in run_sync(query()):
         r = by_gateway_id.get(request_id)
         if r is None:
+            lines.append(
+                f"hold {hold} (account {account}, {status}) charged {charged / 100:.2f}: "
+                f"no client row names {request_id}"
+            )
             continue
         rows_ = [s for s in served.get(r["rid"], []) if s.stream == bool(r.get("stream"))]
         expected = rows_[-1].price(pricing) if rows_ and 200 <= r["status"] < 300 else Decimal(0)
@@ -285,7 +295,7 @@ def mispriced(database_url: str, rows: list[dict[str, Any]], upstream: str, pric
         )
         lines.append(
             f"{'stream' if r.get('stream') else 'chat'} {r['rid']} (client: {r['status']}, complete="
-            f"{r.get('complete', True)}) charged {charged / 100:.2f}, oracle {expected};"
+            f"{r.get('complete', True)}, hold {hold} {status}) charged {charged / 100:.2f}, oracle {expected};"
             f" upstream: {upstream_saw or 'none'}"
         )
     return lines

@@ -7,8 +7,8 @@ account (the money oracle's input, creditgate_harness/oracle.py).
 
 Scenarios: users spending their own balance (chat and streams), org members on one shared balance (the hot row),
 and — with LOAD_STRIPE_URL (the fake Stripe the gateway is configured with) — users topping up: checkout, the
-payment completed at the fake Stripe, its webhook delivered three times, shuffled and concurrently, while the
-same accounts keep spending. Without it, a storm of duplicated signed ``customer.created`` events.
+payment completed at the fake Stripe, its webhook delivered three times, shuffled and concurrently (each delivery
+retried until answered, as Stripe does), while the same accounts keep spending. Without it, a storm of duplicated signed ``customer.created`` events.
 LOAD_BARE=1: only the chat scenarios, against the bare fake upstream (the generator's own ceiling).
 LOAD_SHAPE=steady|ramp|spike|soak (with LOAD_USERS, LOAD_SECONDS): a LoadTestShape instead of -u/-r/-t; it also
 ends the run early once LOAD_STOP_FILE exists (the chaos runner stops the load a fixed time after recovery).
@@ -52,6 +52,7 @@ MAX_TOKENS = int(os.environ.get("LOAD_MAX_TOKENS", "100"))
 CHAT_PATH = "/v1/chat/completions"
 STRIPE_URL = os.environ.get("LOAD_STRIPE_URL", "")
 SECRET = os.environ.get("LOAD_WEBHOOK_SECRET", "whsec_load")
+WEBHOOK_RETRY_SECONDS = 30.0  # Stripe retries for days; a load run's faults last seconds
 
 _records: list[dict[str, Any]] = []  # this process's requests
 _gathered: list[dict[str, Any]] = []  # on the master: the workers' requests
@@ -183,13 +184,21 @@ if not BARE and STRIPE_URL:
             gevent.joinall([gevent.spawn(self._deliver, e) for e in deliveries])
 
         def _deliver(self, event: dict[str, Any]) -> None:
-            payload, headers = _signed(event)
-            t0 = time.time()
-            with self.client.post(
-                "/billing/webhook", data=payload, headers=headers, catch_response=True, name="payment webhook"
-            ) as r:
-                _record("payment webhook", r, t0, account=self.account)
-                _ok(r)
+            """One delivery, retried with backoff until the gateway answers 2xx or 4xx, as Stripe retries: an event
+            sent only while every worker was down is still delivered (each attempt is a row of its own)."""
+            deadline, delay = time.time() + WEBHOOK_RETRY_SECONDS, 0.2
+            while True:
+                payload, headers = _signed(event)
+                t0 = time.time()
+                with self.client.post(
+                    "/billing/webhook", data=payload, headers=headers, catch_response=True, name="payment webhook"
+                ) as r:
+                    row = _record("payment webhook", r, t0, account=self.account, event=event["id"])
+                    _ok(r)
+                if 0 < row["status"] < 500 or time.time() > deadline:
+                    return
+                gevent.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
 elif not BARE:
 
