@@ -8,7 +8,7 @@ added wait is at most one batch's round trip). A caller gets its answer only onc
 
 Same rows, same order of locks (holds, memberships, accounts) as ``ledger.service``; the rare paths (a refusal that
 needs its reasons, a hold the sweeper expired first) are left to ``ledger.service`` by returning ``None``. A batch
-that fails for a reason other than a lost connection is retried request by request (``creditgate_hold`` /
+of several that fails for a reason other than a lost connection is retried request by request (``creditgate_hold`` /
 ``creditgate_close``, migration 0006), so one bad request fails alone.
 """
 
@@ -98,7 +98,7 @@ class CloseRequest:
 class Batcher(Generic[T, R]):
     """Requests queue up; up to ``in_flight`` tasks each take what is queued (at most ``max_batch``) and answer it
     with one ``run_batch`` call. If that call fails, the connection is the likely cause when ``unreachable(exc)``
-    (every caller gets the error), else each request is tried alone with ``run_one``."""
+    (every caller gets the error), else each request of a batch of several is tried alone with ``run_one``."""
 
     def __init__(
         self,
@@ -155,7 +155,7 @@ class Batcher(Generic[T, R]):
             try:
                 results = await self._run_batch(items)
             except Exception as exc:
-                if unreachable(exc):
+                if unreachable(exc) or len(batch) == 1:  # a batch of one alone would be the same call again
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
@@ -194,7 +194,8 @@ class PostgresLedger:
     async def connect(cls, url: str, *, size: int, batch: bool) -> PostgresLedger:
         import asyncpg
 
-        return cls(await asyncpg.create_pool(libpq_url(url), min_size=1, max_size=size), batch=batch)
+        pool = await asyncpg.create_pool(libpq_url(url), min_size=1, max_size=size, reset=_keep_session)
+        return cls(pool, batch=batch)
 
     async def close_pool(self) -> None:
         """Answer what is queued, then close the connections."""
@@ -278,6 +279,14 @@ class PostgresLedger:
         return [_pair(row["charged"], row["balance"]) for row in rows]
 
 
+async def _keep_session(connection: Any) -> None:
+    """The pool's reset on release, instead of asyncpg's default (``RESET ALL; UNLISTEN *; CLOSE ALL`` and advisory
+    unlocks: a second round trip per money step). These connections only call the ledger functions, outside any
+    explicit transaction, and leave no session state; asyncpg still rolls back a transaction left open. The default
+    reset also failed on a connection the server had just ended *after* the call committed, and raised from the pool
+    in place of the call's result (seen in ``nox -s chaos``, postgres-restart: a request answered 500 but charged)."""
+
+
 def _pair(first: int | None, second: int | None) -> tuple[int, int] | None:
     return None if first is None or second is None else (first, second)
 
@@ -289,6 +298,9 @@ UNREACHABLE = {  # asyncpg's names for "the server went away or is not back yet"
     "ConnectionFailureError",
     "InterfaceError",
     "TooManyConnectionsError",
+    # "cannot switch to state N; another operation (M) is in progress": the server ended the connection mid-
+    # operation and asyncpg's protocol was left in that state; whether its last statement committed is unknown
+    "InternalClientError",
 }
 
 

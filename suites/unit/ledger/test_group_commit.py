@@ -213,6 +213,24 @@ async def test_a_lost_connection_fails_the_whole_batch_and_nothing_is_retried_al
     assert one_by_one == []
 
 
+async def test_a_batch_of_one_that_fails_is_not_sent_again(
+    fast: PostgresLedger, cg_funded_user: TestUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one_by_one: list[object] = []
+
+    async def refused(*args: object) -> None:
+        raise ValueError("refused")
+
+    async def alone(request: object) -> None:
+        one_by_one.append(request)  # the same call again: for an ambiguous failure, a second hold
+
+    monkeypatch.setattr(fast.holds, "_run_batch", refused)
+    monkeypatch.setattr(fast.holds, "_run_one", alone)
+    with pytest.raises(ValueError, match="refused"):
+        await _hold(fast, cg_funded_user, "lone")
+    assert (one_by_one, fast.holds.fallbacks) == ([], 0)
+
+
 async def test_without_group_commit_each_request_is_its_own_call(
     database_url: str, cg_funded_user: TestUser, cg_ledger_auditor
 ) -> None:
@@ -233,3 +251,14 @@ async def test_without_group_commit_each_request_is_its_own_call(
     assert all(c is not None for c in closed)
     assert store.holds.requests == store.closes.requests == 0  # no queue: straight to the pool
     assert cg_ledger_auditor().ok
+
+
+async def test_a_released_connection_is_not_reset_with_a_second_round_trip(database_url: str) -> None:
+    store = await PostgresLedger.connect(database_url, size=1, batch=False)
+    try:
+        async with store._pool.acquire() as connection:
+            await connection.execute("SET application_name = 'kept'")
+        async with store._pool.acquire() as connection:  # the same one (size 1): asyncpg's RESET ALL would clear it
+            assert await connection.fetchval("SHOW application_name") == "kept"
+    finally:
+        await store.close_pool()

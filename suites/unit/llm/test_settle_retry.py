@@ -164,6 +164,8 @@ async def test_a_meter_settles_once(
 
 
 def test_what_counts_as_the_database_being_unreachable() -> None:
+    from asyncpg.exceptions import InternalClientError
+
     from creditgate.ledger.fast import unreachable
 
     class Invalidated(Exception):
@@ -174,5 +176,7 @@ def test_what_counts_as_the_database_being_unreachable() -> None:
     assert unreachable(Invalidated())
     assert unreachable(wrapped)
     assert unreachable(ConnectionRefusedError())
+    # seen in `nox -s chaos` after a Postgres restart, on a pooled connection the server had ended
+    assert unreachable(InternalClientError("cannot switch to state 12; another operation (2) is in progress"))
     assert not unreachable(ValueError("a refusal"))
     assert not unreachable(None)
