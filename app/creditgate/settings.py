@@ -36,8 +36,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1)
     fast_ledger: bool = Field(default=True, description="Postgres: each money step as one SQL function call")
     group_commit: bool = Field(
-        default=False,
-        description="Postgres: the holds (and settles) waiting at one moment share one transaction (experimental)",
+        default=True,
+        description="Postgres: the holds (and settles) waiting at one moment share one transaction",
     )
     cache_seconds: float = Field(
         default=5.0, ge=0, description="the most a cached key, plan, BYOK key or increment may lag a change (0: off)"

@@ -8,7 +8,8 @@ account (the money oracle's input, creditgate_harness/oracle.py).
 Scenarios: users spending their own balance (chat and streams), org members on one shared balance (the hot row),
 and — with LOAD_STRIPE_URL (the fake Stripe the gateway is configured with) — users topping up: checkout, the
 payment completed at the fake Stripe, its webhook delivered three times, shuffled and concurrently (each delivery
-retried until answered, as Stripe does), while the same accounts keep spending. Without it, a storm of duplicated signed ``customer.created`` events.
+retried until answered, as Stripe does), while the same accounts keep spending. Without it, a storm of duplicated
+signed ``customer.created`` events.
 LOAD_BARE=1: only the chat scenarios, against the bare fake upstream (the generator's own ceiling).
 LOAD_SHAPE=steady|ramp|spike|soak (with LOAD_USERS, LOAD_SECONDS): a LoadTestShape instead of -u/-r/-t; it also
 ends the run early once LOAD_STOP_FILE exists (the chaos runner stops the load a fixed time after recovery).

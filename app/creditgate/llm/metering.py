@@ -298,9 +298,12 @@ class Meter:
                 log.exception("could not release hold %s; the sweeper will", self.hold_id)
 
     async def _notify_low_balance(self, *, before: Decimal, after: Decimal) -> None:
-        """After a one-round-trip settle: the low-balance notice in a short transaction of its own (rare)."""
+        """After a one-round-trip settle: the low-balance notice in a short transaction of its own (rare). The
+        charge has committed, so a database failing now costs the notice, never the answer."""
         threshold = self.rt.settings.notify_low_balance
-        if crossed_below(threshold, before=before, after=after):
+        if not crossed_below(threshold, before=before, after=after):
+            return
+        try:
             async with self.rt.sessionmaker.begin() as session:
                 await notify_account(
                     session,
@@ -308,6 +311,8 @@ class Meter:
                     type="low_balance",
                     data={"balance": str(after), "threshold": str(threshold)},
                 )
+        except Exception:
+            log.exception("account %s: the low_balance notice was not written", self.principal.account_id)
 
     def _usage(self, provider: str | None, prompt: int, completion: int, latency_ms: int, outcome: str) -> Usage:
         """The usage record of this request, as both ledger paths write it."""

@@ -73,6 +73,29 @@ async def test_the_fast_path_notifies_a_low_balance_with_its_figures(
 
 
 @ON_POSTGRES
+async def test_a_charged_answer_is_sent_when_its_low_balance_notice_cannot_be_written(
+    async_client: httpx.AsyncClient,
+    cg_funded_user: TestUser,
+    cg_runtime: Runtime,
+    cg_upstream: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import creditgate.llm.metering as metering
+
+    async def refused(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the notice's insert was refused")  # not a lost connection: the settle is not retried
+
+    monkeypatch.setattr(metering, "notify_account", refused)
+    cg_runtime.settings.notify_low_balance = Decimal("999.99")
+    cg_upstream.push(Reply(prompt_tokens=1000, completion_tokens=1000))
+    response = await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)
+    assert response.status_code == 200, response.text  # charged, so answered: a 5xx here would be a paid failure
+    charged = Decimal(response.headers["X-Creditgate-Credits-Charged"])
+    balance = (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"]
+    assert (charged > 0, Decimal(balance)) == (True, Decimal(1000) - charged)
+
+
+@ON_POSTGRES
 async def test_a_retry_tells_a_committed_settle_from_a_lost_one(
     cg_funded_user: TestUser, cg_runtime: Runtime, async_client: httpx.AsyncClient
 ) -> None:
