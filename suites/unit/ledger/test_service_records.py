@@ -291,7 +291,7 @@ async def test_a_late_settle_charges_what_the_hold_and_the_balance_allow_and_say
             s, hold_id=capped, charge=Decimal("5"), description="m via p", user_id=user.id
         )
     assert result == ledger.SettleResult(Decimal("3.00"), Decimal("0.00"), late=True, balance=Decimal("7.00"))
-    assert _counter("creditgate_credits_charged_total") - charged_before == 3.0
+    assert _counter("creditgate_credits_charged_total") - charged_before == pytest.approx(3.0)  # a float counter
     assert (await _entries(cg_sessionmaker, capped))[-1] == (
         "api_usage",
         -300,
@@ -328,7 +328,7 @@ async def test_settles_and_releases_are_counted_for_prometheus(cg_sessionmaker: 
     async with cg_sessionmaker() as s, s.begin():
         await ledger.settle_hold(s, hold_id=settled, charge=Decimal("2.5"))
         await ledger.release_hold(s, hold_id=released)
-    assert [_counter(n) - b for n, b in zip(names, before, strict=True)] == [2.5, 7.5 + 4.0]
+    assert [_counter(n) - b for n, b in zip(names, before, strict=True)] == pytest.approx([2.5, 7.5 + 4.0])
 
 
 async def test_each_members_allocation_is_their_own(cg_sessionmaker: SM, cg_user_factory: UserFactory) -> None:
@@ -444,4 +444,4 @@ async def test_every_ledger_refusal_says_what_and_why(cg_sessionmaker: SM, cg_us
 async def test_holds_are_counted_for_prometheus(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
     before = _counter("creditgate_credits_held_total")
     await _hold(cg_sessionmaker, cg_funded_user.account_id, "2.25", "r1")
-    assert _counter("creditgate_credits_held_total") - before == 2.25
+    assert _counter("creditgate_credits_held_total") - before == pytest.approx(2.25)
