@@ -36,7 +36,7 @@ from creditgate.ledger import service as ledger
 from creditgate.quotas.service import load_plans, set_plan
 from creditgate_harness.catalog import catalog_for_tests
 from creditgate_harness.gateway import migrate, start_gateway
-from creditgate_harness.servers import LiveServer
+from creditgate_harness.servers import LiveServer, start_live_server
 from creditgate_harness.services import ServiceUnavailable
 from creditgate_harness.services.base import run_sync
 
@@ -196,6 +196,35 @@ def _print_litellm(rows: list[tuple[int, Cell, Cell, Cell]]) -> None:
         )
 
 
+def python_floor(fake_url: str, requests: int) -> None:
+    """bench/python_floor.py (a bare ASGI forwarder, one uvicorn worker) beside the upstream: the most RPS a proxy
+    written in Python gets on this machine, whatever it does per request."""
+    floor = start_live_server(
+        "bench.python_floor:app",
+        env={"FLOOR_UPSTREAM": fake_url},
+        log_path=Path(tempfile.mkdtemp()) / "floor.log",
+        ready_path="/v1/models",
+    )
+    try:
+        print(f"\nPython floor (bare ASGI forwarder, httpx, no framework/auth/database): {requests} requests per cell")
+        print(
+            f"{'concurrency':>11} {'direct rps':>11} {'floor rps':>10} {'ratio':>6} {'floor p50':>10} {'added p50':>10}"
+        )
+        for concurrency in (1, 32):
+            d_rps, d_p50, _ = asyncio.run(
+                measure(f"{fake_url}/v1/chat/completions", {}, concurrency=concurrency, requests=requests)
+            )
+            f_rps, f_p50, _ = asyncio.run(
+                measure(f"{floor.url}/v1/chat/completions", {}, concurrency=concurrency, requests=requests)
+            )
+            print(
+                f"{concurrency:>11} {d_rps:>11.0f} {f_rps:>10.0f} {f_rps / d_rps:>6.0%} {f_p50:>8.2f}ms "
+                f"{f_p50 - d_p50:>8.2f}ms"
+            )
+    finally:
+        floor.stop()
+
+
 def run(
     database_url: str,
     label: str,
@@ -249,6 +278,7 @@ def main() -> None:
     variants = [v.strip() for v in args.variants.split(",")]
     print(f"load generator: {f'wrk ({WRK})' if WRK else 'httpx in this process (wrk not found: apt-get install wrk)'}")
     with fake_upstream() as fake_url, litellm_proxy(fake_url, MODEL) as litellm:
+        python_floor(fake_url, args.requests)
         for variant in (v for v in variants if v in SQLITE_VARIANTS):
             sqlite = f"sqlite+aiosqlite:///{tempfile.mkdtemp()}/bench.db"
             run(sqlite, "SQLite", fake_url, args.requests, variant, litellm)

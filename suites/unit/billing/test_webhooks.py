@@ -8,7 +8,10 @@ import time
 import httpx
 import pytest
 import stripe
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from creditgate.db.models import Account, LedgerEntry, Org, Payment, Subscription
 from creditgate_harness.fakes.stripe import StripeWebhooks, sign_payload
 from creditgate_harness.fixtures.fakes import StripeFake
 from creditgate_harness.gateway import TestUser, UserFactory
@@ -30,10 +33,18 @@ def payment_intent_of(fake: StripeFake, session_id: str) -> str:
     return str(fake.state.get(session_id)["payment_intent"])
 
 
-@pytest.mark.parametrize(
-    "case",
-    ["missing", "garbage", "wrong-secret", "tampered", "too-old", "future", "not-json"],
-)
+WHY = {
+    "missing": "missing Stripe-Signature header",
+    "garbage": "signature verification failed: ",
+    "wrong-secret": "signature verification failed: No signatures found matching the expected signature",
+    "tampered": "signature verification failed: No signatures found matching the expected signature",
+    "too-old": "signature verification failed: Timestamp outside the tolerance zone",
+    "future": "signature timestamp is in the future",
+    "not-json": "the payload is not a JSON event",
+}
+
+
+@pytest.mark.parametrize("case", list(WHY))
 async def test_bad_signatures_are_400_and_apply_nothing(
     async_client: httpx.AsyncClient,
     cg_funded_user: TestUser,
@@ -60,6 +71,7 @@ async def test_bad_signatures_are_400_and_apply_nothing(
         response = await cg_stripe_webhooks.send(event, **kwargs)  # type: ignore[arg-type]
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_signature"
+    assert response.json()["error"]["message"].startswith(WHY[case])  # what an operator reads in Stripe's log
     assert await balance(async_client, cg_funded_user) == "1000.00"
 
 
@@ -314,10 +326,13 @@ async def test_a_session_we_have_no_record_of_is_credited_from_its_own_metadata(
 async def test_signed_payloads_that_are_not_events_are_400(
     async_client: httpx.AsyncClient, fake_stripe: StripeFake, cg_stripe_webhooks: StripeWebhooks
 ) -> None:
-    for payload in (b"[1, 2]", b'{"type": "x"}'):
+    for payload, why in (
+        (b"[1, 2]", "the payload is not a JSON event"),
+        (b'{"type": "x"}', "the payload is not a Stripe event"),
+    ):
         header = sign_payload(payload, secrets=[fake_stripe.webhook_secret])
         response = await async_client.post("/billing/webhook", content=payload, headers={"Stripe-Signature": header})
-        assert response.status_code == 400
+        assert (response.status_code, response.json()["error"]["message"]) == (400, why)
     no_intent = {
         "id": "evt_d",
         "object": "event",
@@ -338,3 +353,103 @@ async def test_subscription_with_an_unknown_plan_changes_nothing(
     sub = {"id": "sub_2", "customer": customer, "status": "active", "metadata": {"plan": "platinum"}}
     event = {"id": "evt_p", "object": "event", "type": "customer.subscription.updated", "data": {"object": sub}}
     assert (await cg_stripe_webhooks.send(event)).json()["outcome"] == "unknown plan 'platinum'"
+
+
+async def _subscriptions(sm: async_sessionmaker[AsyncSession]) -> list[tuple[str, str, str, str | None]]:
+    async with sm() as s:
+        rows = await s.execute(
+            select(Subscription.subject, Subscription.plan, Subscription.source, Subscription.external_id)
+        )
+        return sorted(tuple(r) for r in rows)  # type: ignore[misc]
+
+
+async def test_a_subscription_keeps_its_plan_while_it_is_live_and_ends_on_deletion(
+    cg_funded_user: TestUser,
+    cg_sessionmaker: async_sessionmaker[AsyncSession],
+    cg_stripe_webhooks: StripeWebhooks,
+) -> None:
+    """The plan follows Stripe's status: active, trialing and past_due keep it (Stripe is still collecting), any
+    other status or the deletion event ends it; an org's customer sets the org's plan, a user's the user's."""
+    async with cg_sessionmaker() as s, s.begin():
+        org = Org(name="acme")
+        s.add(org)
+        await s.flush()
+        s.add(Account(org_id=org.id, balance=0, stripe_customer_id="cus_org"))
+        user_account = await s.get(Account, cg_funded_user.account_id)
+        assert user_account is not None
+        user_account.stripe_customer_id = "cus_user"
+    live = {"status": "active", "items": {"data": [{"price": {"lookup_key": "professional"}}]}}
+    sent = iter(range(100))
+
+    async def event(kind: str, customer: str, **changes: object) -> str:
+        sub = {"id": f"sub_{customer}", "object": "subscription", "customer": customer, **live, **changes}
+        body = {"id": f"evt_{next(sent)}", "object": "event", "type": kind, "data": {"object": sub}}
+        return str((await cg_stripe_webhooks.send(body)).json()["outcome"])
+
+    assert await event("customer.subscription.created", "cus_org") == "plan professional"
+    assert await event("customer.subscription.created", "cus_user", metadata={"plan": "platform"}) == "plan platform"
+    user, org_subject = f"user:{cg_funded_user.id}", f"org:{org.id}"
+    expected = [(org_subject, "professional", "stripe", "sub_cus_org"), (user, "platform", "stripe", "sub_cus_user")]
+    assert await _subscriptions(cg_sessionmaker) == sorted(expected)
+    for status in ("trialing", "past_due"):
+        assert await event("customer.subscription.updated", "cus_org", status=status) == "plan professional"
+    assert await event("customer.subscription.updated", "cus_org", status="unpaid") == "subscription ended"
+    assert await event("customer.subscription.deleted", "cus_user", status="active") == "subscription ended"
+    assert await _subscriptions(cg_sessionmaker) == []
+
+
+async def test_partial_refunds_after_spending_accumulate_what_is_reversed(
+    async_client: httpx.AsyncClient,
+    cg_user_factory: UserFactory,
+    cg_sessionmaker: async_sessionmaker[AsyncSession],
+    fake_stripe: StripeFake,
+    cg_stripe_webhooks: StripeWebhooks,
+) -> None:
+    user = await cg_user_factory()
+    session_id = await paid_checkout(async_client, user, fake_stripe, "10")
+    assert [r.json()["outcome"] for r in await cg_stripe_webhooks.deliver_pending()] == ["credited"]
+    intent = payment_intent_of(fake_stripe, session_id)
+    for cents in ("300", "200"):
+        fake_stripe.state.create_refund({"payment_intent": intent, "amount": cents})
+    assert [r.json()["outcome"] for r in await cg_stripe_webhooks.deliver_pending()] == ["reversed", "reversed"]
+    assert await balance(async_client, user) == "500.00"
+    payment = (await async_client.get("/billing/payments", headers=user.headers)).json()["data"][0]
+    assert (payment["status"], payment["refunded_usd"], payment["reversed_credits"]) == (
+        "partially_refunded",
+        "5.00",
+        "500.00",
+    )
+    async with cg_sessionmaker() as s:
+        entries = await s.execute(
+            select(LedgerEntry.type, LedgerEntry.amount, LedgerEntry.description, LedgerEntry.idempotency_key)
+            .where(LedgerEntry.account_id == user.account_id)
+            .order_by(LedgerEntry.id)
+        )
+        paid = (await s.execute(select(Payment.id, Payment.paid_at, Payment.payment_intent_id))).one()
+    reversal = f"reversal of Stripe payment {session_id}"
+    assert [tuple(e) for e in entries] == [
+        ("purchase", 100_000, f"Stripe checkout {session_id}", f"stripe:checkout:{session_id}"),
+        ("refund", -30_000, reversal, f"stripe:reversal:{paid.id}:0"),
+        ("refund", -20_000, reversal, f"stripe:reversal:{paid.id}:30000"),
+    ]
+    assert (paid.paid_at is not None, paid.payment_intent_id) == (True, intent)
+
+
+def test_verify_keeps_its_tolerance_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    from creditgate.billing.webhooks import InvalidSignature, verify
+
+    payload = json.dumps({"id": "evt_1", "object": "event", "type": "x", "data": {"object": {}}}).encode()
+    now = 1_800_000_000
+    monkeypatch.setattr(time, "time", lambda: now)  # one clock for this module and the SDK
+
+    def signed(at: int) -> str:
+        return sign_payload(payload, secrets=["whsec_a"], timestamp=at)
+
+    for at in (now - 60, now, now + 60):
+        assert verify(payload, signed(at), secret="whsec_a", tolerance=60)["id"] == "evt_1"
+    for at, why in ((now - 61, "Timestamp outside the tolerance zone"), (now + 61, "in the future")):
+        with pytest.raises(InvalidSignature, match=why):
+            verify(payload, signed(at), secret="whsec_a", tolerance=60)
+    assert verify(payload, signed(now - 300), secret="whsec_a")["id"] == "evt_1"  # Stripe's default: 5 minutes
+    with pytest.raises(InvalidSignature, match="in the future"):
+        verify(payload, signed(now + 301), secret="whsec_a")
