@@ -131,7 +131,7 @@ def bench(session: nox.Session) -> None:
     bench.overhead also runs the LiteLLM proxy for comparison, from its own venv (build/litellm-venv, made on first
     use; it is no project dependency), and prints one line and goes on if it cannot.
     """
-    install(session, "test")
+    install(session, "test", "bench")
     session.run("python", "-m", "bench.overhead", *session.posargs)
     session.run("python", "-m", "bench.profile", *session.posargs)
     session.run("python", "-m", "bench.hot_row", *session.posargs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import re
 import shutil
@@ -197,32 +198,35 @@ def _print_litellm(rows: list[tuple[int, Cell, Cell, Cell]]) -> None:
 
 
 def python_floor(fake_url: str, requests: int) -> None:
-    """bench/python_floor.py (a bare ASGI forwarder, one uvicorn worker) beside the upstream: the most RPS a proxy
-    written in Python gets on this machine, whatever it does per request."""
-    floor = start_live_server(
-        "bench.python_floor:app",
-        env={"FLOOR_UPSTREAM": fake_url},
-        log_path=Path(tempfile.mkdtemp()) / "floor.log",
-        ready_path="/v1/models",
-    )
-    try:
-        print(f"\nPython floor (bare ASGI forwarder, httpx, no framework/auth/database): {requests} requests per cell")
-        print(
-            f"{'concurrency':>11} {'direct rps':>11} {'floor rps':>10} {'ratio':>6} {'floor p50':>10} {'added p50':>10}"
+    """bench/python_floor.py (a bare ASGI forwarder, one uvicorn worker) beside the upstream, with httpx (the
+    gateway's client) and aiohttp: the most RPS a proxy written in Python gets on this machine, whatever it does per
+    request, and what the upstream client alone is worth."""
+    print(f"\nPython floor (bare ASGI forwarder: no framework, auth or database): {requests} requests per cell")
+    print(f"{'client':>8} {'concurrency':>11} {'direct rps':>11} {'floor rps':>10} {'ratio':>6} {'added p50':>10}")
+    for client in ("httpx", "aiohttp"):
+        if client == "aiohttp" and importlib.util.find_spec("aiohttp") is None:
+            print(f"{client:>8}: skipped (not installed; the bench dependency group has it)")
+            continue
+        floor = start_live_server(
+            "bench.python_floor:app",
+            env={"FLOOR_UPSTREAM": fake_url, "FLOOR_CLIENT": client},
+            log_path=Path(tempfile.mkdtemp()) / "floor.log",
+            ready_path="/v1/models",
         )
-        for concurrency in (1, 32):
-            d_rps, d_p50, _ = asyncio.run(
-                measure(f"{fake_url}/v1/chat/completions", {}, concurrency=concurrency, requests=requests)
-            )
-            f_rps, f_p50, _ = asyncio.run(
-                measure(f"{floor.url}/v1/chat/completions", {}, concurrency=concurrency, requests=requests)
-            )
-            print(
-                f"{concurrency:>11} {d_rps:>11.0f} {f_rps:>10.0f} {f_rps / d_rps:>6.0%} {f_p50:>8.2f}ms "
-                f"{f_p50 - d_p50:>8.2f}ms"
-            )
-    finally:
-        floor.stop()
+        try:
+            for concurrency in (1, 32):
+                d_rps, d_p50, _ = asyncio.run(
+                    measure(f"{fake_url}/v1/chat/completions", {}, concurrency=concurrency, requests=requests)
+                )
+                f_rps, f_p50, _ = asyncio.run(
+                    measure(f"{floor.url}/v1/chat/completions", {}, concurrency=concurrency, requests=requests)
+                )
+                print(
+                    f"{client:>8} {concurrency:>11} {d_rps:>11.0f} {f_rps:>10.0f} {f_rps / d_rps:>6.0%} "
+                    f"{f_p50 - d_p50:>8.2f}ms"
+                )
+        finally:
+            floor.stop()
 
 
 def run(

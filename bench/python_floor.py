@@ -1,8 +1,8 @@
 """The least any Python gateway does per request: a bare ASGI app (no framework, no auth, no database, no JSON
-parsing) that forwards the request body to the upstream through one shared httpx client and answers with the
-upstream's bytes. ``bench/overhead.py`` measures it beside the gateway and LiteLLM, under the same uvicorn (uvloop,
-httptools), as the ceiling of this machine for a proxy written in Python: a target above it asks for another
-runtime, not a better design.
+parsing) that forwards the request body to the upstream through one shared client (httpx, or aiohttp with
+``FLOOR_CLIENT=aiohttp``) and answers with the upstream's bytes. ``bench/overhead.py`` measures it beside the gateway
+and LiteLLM, under the same uvicorn (uvloop, httptools), as the ceiling of this machine for a proxy written in
+Python: a target above it asks for another runtime, not a better design.
 
     FLOOR_UPSTREAM=http://127.0.0.1:8001 python -m uvicorn bench.python_floor:app
 """
@@ -15,19 +15,38 @@ from typing import Any
 import httpx
 
 UPSTREAM = os.environ.get("FLOOR_UPSTREAM", "http://127.0.0.1:8001")
-_client: httpx.AsyncClient | None = None
+CLIENT = os.environ.get("FLOOR_CLIENT", "httpx")  # or aiohttp (the bench dependency group installs it)
+JSON = {"content-type": "application/json"}
+_client: Any = None
+
+
+async def _forward(path: str, body: bytes) -> tuple[int, bytes]:
+    if CLIENT == "aiohttp":
+        async with _client.post(UPSTREAM + path, data=body, headers=JSON) as response:
+            return response.status, await response.read()
+    response = await _client.post(path, content=body, headers=JSON)
+    return response.status_code, response.content
+
+
+async def _start() -> None:
+    global _client
+    if CLIENT == "aiohttp":
+        import aiohttp
+
+        _client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+    else:
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        _client = httpx.AsyncClient(base_url=UPSTREAM, limits=limits, timeout=60)
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    global _client
     if scope["type"] == "lifespan":
         while (message := await receive())["type"] != "lifespan.shutdown":
             if message["type"] == "lifespan.startup":
-                limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-                _client = httpx.AsyncClient(base_url=UPSTREAM, limits=limits, timeout=60)
+                await _start()
                 await send({"type": "lifespan.startup.complete"})
         if _client is not None:
-            await _client.aclose()
+            await (_client.close() if CLIENT == "aiohttp" else _client.aclose())
         await send({"type": "lifespan.shutdown.complete"})
         return
     body = b""
@@ -36,8 +55,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    assert _client is not None, "the lifespan starts the client"
-    upstream = await _client.post(scope["path"], content=body, headers={"content-type": "application/json"})
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(upstream.content)).encode())]
-    await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": upstream.content})
+    status, content = await _forward(scope["path"], body)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
