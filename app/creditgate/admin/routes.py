@@ -278,7 +278,7 @@ async def put_user(body: UserIn, _: AdminDep, rt: RuntimeDep) -> UserOut:
                     return await _user_out(session, user, created=False)
                 user, _account = await auth.create_user(session, email=body.email)
                 return await _user_out(session, user, created=True)
-        except IntegrityError:  # a concurrent request created it first
+        except (IntegrityError, Conflict):  # a concurrent request created it first (seen at the flush or the check)
             if attempt:
                 raise
     raise AssertionError("unreachable")

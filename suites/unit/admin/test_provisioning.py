@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -209,3 +210,25 @@ async def test_the_endpoint_finds_what_the_harness_auditor_finds(
         tolerant = await audit_ledger(engine, grace=timedelta(days=36500))
         await engine.dispose()
         assert [f.check for f in tolerant.findings] == ["hold-entry"]  # the planted hold has no entry
+
+
+async def test_a_user_created_between_the_lookup_and_the_insert_is_returned_not_refused(
+    async_client: httpx.AsyncClient, cg_admin_user: TestUser, cg_funded_user: TestUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the test above runs, made certain: the lookup misses a user another request has just committed."""
+    from creditgate.auth import service as auth
+
+    real, missed = auth.find_user, []
+
+    async def late(session: Any, *, email: str) -> Any:
+        if not missed:
+            missed.append(email)
+            return None  # as if looked up just before the other request committed
+        return await real(session, email=email)
+
+    monkeypatch.setattr(auth, "find_user", late)
+    response = await async_client.put(
+        "/admin/users", json={"email": cg_funded_user.email}, headers=cg_admin_user.headers
+    )
+    assert response.status_code == 200, response.text
+    assert (response.json()["user_id"], response.json()["created"]) == (cg_funded_user.id, False)
