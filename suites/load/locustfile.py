@@ -103,6 +103,8 @@ class _Chatting(FastHttpUser):
         t0 = time.time()
         with self.client.post(CHAT_PATH, json=body, headers=self.headers, catch_response=True, name=name) as r:
             row = _record(name, r, t0, rid=rid, account=self.account, stream=stream)
+            if stream and 200 <= row["status"] < 300 and b"data: [DONE]" not in (r.content or b""):
+                row["complete"] = False  # a stream is whole only with its [DONE]: a cut one may or may not be charged
             _ok(r)
         if row["status"] == 0:  # no answer (a gateway restarting): back off a little, as a client would
             gevent.sleep(0.1)

@@ -134,34 +134,10 @@ async def stream(
     )
     started = time.perf_counter()
 
-    async def relay() -> AsyncIterator[bytes]:
-        delivered: list[str] = []
-        usage: Usage | None = None
-        done, disconnected = False, False
+    async def settle(usage: Usage | None, delivered: list[str], outcome: str) -> Usage:
+        """Charge what was delivered (``Meter.settle`` is shielded from cancellation), then let the upstream go."""
+        tokens = billed(usage, prompt_estimate=prompt_estimate, text="".join(delivered), streamed=True)
         try:
-            if opening := writer.start():
-                yield opening
-            try:
-                async for delta in upstream.deltas():
-                    delivered.append(delta.text)
-                    usage = delta.usage or usage
-                    if out := writer.write(delta):
-                        yield out
-                    if delta.done:
-                        done = True
-                        break
-            except Exception:
-                log.warning("stream from %s broke off", upstream.provider, exc_info=True)
-            tokens = billed(usage, prompt_estimate=prompt_estimate, text="".join(delivered), streamed=True)
-            if tail := writer.finish(tokens, complete=done or usage is not None):
-                yield tail
-        except BaseException:  # the client went away (cancellation): charge what was delivered
-            disconnected = True
-            raise
-        finally:
-            await upstream.aclose()
-            tokens = billed(usage, prompt_estimate=prompt_estimate, text="".join(delivered), streamed=True)
-            outcome = "client_disconnected" if disconnected else "ok" if done else "ok_no_done" if usage else "cut"
             await meter.settle(
                 charge=meter.price(prompt_tokens=tokens.prompt_tokens, completion_tokens=tokens.completion_tokens),
                 provider=upstream.provider,
@@ -170,6 +146,40 @@ async def stream(
                 latency_ms=int((time.perf_counter() - started) * 1000),
                 outcome=outcome,
             )
+        finally:
+            await upstream.aclose()
+        return tokens
+
+    async def relay() -> AsyncIterator[bytes]:
+        delivered: list[str] = []
+        usage: Usage | None = None
+        done, settling = False, False
+        closing = b""  # the upstream's own end-of-stream event, held back until the charge has committed
+        try:
+            if opening := writer.start():
+                yield opening
+            try:
+                async for delta in upstream.deltas():
+                    delivered.append(delta.text)
+                    usage = delta.usage or usage
+                    out = writer.write(delta)
+                    if delta.done:
+                        done, closing = True, out
+                        break
+                    if out:
+                        yield out
+            except Exception:
+                log.warning("stream from %s broke off", upstream.provider, exc_info=True)
+            # The end of the stream is the client's receipt: it is sent only once the charge has committed, so a
+            # worker killed between the two leaves a client that saw a broken stream, never a free answer.
+            settling = True
+            outcome = "ok" if done else "ok_no_done" if usage else "cut"
+            tokens = await settle(usage, delivered, outcome)
+            if tail := closing + writer.finish(tokens, complete=done or usage is not None):
+                yield tail
+        finally:
+            if not settling:  # the client went away (cancellation): charge what was delivered
+                await settle(usage, delivered, "client_disconnected")
 
     headers = _headers(meter, call.protocol, provider=upstream.provider) | {"Cache-Control": "no-cache"}
     return Streamed(relay(), headers)

@@ -17,8 +17,10 @@ from creditgate_harness.catalog import catalog_for_tests
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
 from creditgate_harness.gateway import TestUser, UserFactory
 from suites.unit.llm.test_chat import balance, expected_charge
+from suites.unit.llm.test_chat import body as chat_body
 
 MESSAGES = "/v1/messages"
+CHAT_PATH = "/v1/chat/completions"
 HI = [{"role": "user", "content": "hi"}]
 
 
@@ -239,3 +241,59 @@ async def test_count_tokens_without_a_native_upstream_is_the_estimate(
     assert cg_upstream.calls == []
     missing = await async_client.post(f"{MESSAGES}/count_tokens", json={**body, "model": "nope"})
     assert (missing.status_code, missing.json()["error"]["type"]) == (401, "authentication_error")
+
+
+@pytest.mark.parametrize(
+    ("path", "request_body", "last_event"),
+    [
+        (CHAT_PATH, {**chat_body(), "stream": True}, "[DONE]"),  # the upstream's own [DONE], passed through
+        (CHAT_PATH, {**chat_body(model="claude-native"), "stream": True}, "[DONE]"),  # built by the gateway
+        (MESSAGES, {**chat_body(), "stream": True}, "message_stop"),  # translated
+        (MESSAGES, {**chat_body(model="claude-native"), "stream": True}, "message_stop"),  # passed through
+    ],
+    ids=["openai-passthrough", "openai-from-anthropic", "anthropic-from-openai", "anthropic-passthrough"],
+)
+async def test_the_end_of_a_stream_is_sent_only_after_the_charge_commits(
+    async_client: httpx.AsyncClient,
+    cg_funded_user: TestUser,
+    cg_upstream: FakeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    request_body: dict[str, object],
+    last_event: str,
+) -> None:
+    """A worker killed between the two must leave a client that saw a broken stream, not a free answer."""
+    from creditgate.llm import relay
+    from creditgate.llm.metering import Meter
+
+    order: list[str] = []
+    real_settle, real_stream = Meter.settle, relay.stream
+
+    async def settle(self: Meter, **kwargs: object) -> Decimal:
+        charged = await real_settle(self, **kwargs)  # type: ignore[arg-type]
+        order.append("settled")
+        return charged
+
+    async def stream(*args: object, **kwargs: object) -> relay.Streamed:
+        streamed = await real_stream(*args, **kwargs)  # type: ignore[arg-type]
+
+        async def chunks():  # type: ignore[no-untyped-def]
+            async for chunk in streamed.chunks:
+                for line in chunk.decode().splitlines():
+                    if line.startswith("data: "):
+                        data = line.removeprefix("data: ")
+                        order.append(data if data == "[DONE]" else json.loads(data).get("type", "chunk"))
+                yield chunk
+
+        return relay.Streamed(chunks(), streamed.headers)
+
+    monkeypatch.setattr(Meter, "settle", settle)
+    monkeypatch.setattr(relay, "stream", stream)
+    cg_upstream.push(Reply(content="one two", prompt_tokens=10, completion_tokens=20))
+
+    response = await async_client.post(path, json=request_body, headers=cg_funded_user.headers)
+
+    assert response.status_code == 200
+    assert order[-1] == last_event
+    assert "settled" in order[:-1]  # before the closing event, not after it
+    assert "content_block_delta" not in order[order.index("settled") :]
