@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import re
 import shutil
@@ -198,15 +197,12 @@ def _print_litellm(rows: list[tuple[int, Cell, Cell, Cell]]) -> None:
 
 
 def python_floor(fake_url: str, requests: int) -> None:
-    """bench/python_floor.py (a bare ASGI forwarder, one uvicorn worker) beside the upstream, with httpx (the
-    gateway's client) and aiohttp: the most RPS a proxy written in Python gets on this machine, whatever it does per
-    request, and what the upstream client alone is worth."""
+    """bench/python_floor.py (a bare ASGI forwarder, one uvicorn worker) beside the upstream, with httpx's own pool,
+    httpx on aiohttp's pool (httpx-aiohttp: the gateway's default) and bare aiohttp: the most RPS a proxy written in
+    Python gets on this machine, whatever it does per request, and what the upstream client alone is worth."""
     print(f"\nPython floor (bare ASGI forwarder: no framework, auth or database): {requests} requests per cell")
-    print(f"{'client':>8} {'concurrency':>11} {'direct rps':>11} {'floor rps':>10} {'ratio':>6} {'added p50':>10}")
-    for client in ("httpx", "aiohttp"):
-        if client == "aiohttp" and importlib.util.find_spec("aiohttp") is None:
-            print(f"{client:>8}: skipped (not installed; the bench dependency group has it)")
-            continue
+    print(f"{'client':>13} {'concurrency':>11} {'direct rps':>11} {'floor rps':>10} {'ratio':>6} {'added p50':>10}")
+    for client in ("httpx", "httpx-aiohttp", "aiohttp"):
         floor = start_live_server(
             "bench.python_floor:app",
             env={"FLOOR_UPSTREAM": fake_url, "FLOOR_CLIENT": client},
@@ -222,7 +218,7 @@ def python_floor(fake_url: str, requests: int) -> None:
                     measure(f"{floor.url}/v1/chat/completions", {}, concurrency=concurrency, requests=requests)
                 )
                 print(
-                    f"{client:>8} {concurrency:>11} {d_rps:>11.0f} {f_rps:>10.0f} {f_rps / d_rps:>6.0%} "
+                    f"{client:>13} {concurrency:>11} {d_rps:>11.0f} {f_rps:>10.0f} {f_rps / d_rps:>6.0%} "
                     f"{f_p50 - d_p50:>8.2f}ms"
                 )
         finally:

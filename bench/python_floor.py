@@ -1,8 +1,9 @@
 """The least any Python gateway does per request: a bare ASGI app (no framework, no auth, no database, no JSON
-parsing) that forwards the request body to the upstream through one shared client (httpx, or aiohttp with
-``FLOOR_CLIENT=aiohttp``) and answers with the upstream's bytes. ``bench/overhead.py`` measures it beside the gateway
-and LiteLLM, under the same uvicorn (uvloop, httptools), as the ceiling of this machine for a proxy written in
-Python: a target above it asks for another runtime, not a better design.
+parsing) that forwards the request body to the upstream through one shared client and answers with the upstream's
+bytes. ``FLOOR_CLIENT``: httpx (its own pool), httpx-aiohttp (httpx on aiohttp's pool: the gateway's default) or
+aiohttp. ``bench/overhead.py`` measures it beside the gateway and LiteLLM, under the same uvicorn (uvloop,
+httptools), as the ceiling of this machine for a proxy written in Python: a target above it asks for another
+runtime, not a better design.
 
     FLOOR_UPSTREAM=http://127.0.0.1:8001 python -m uvicorn bench.python_floor:app
 """
@@ -13,9 +14,10 @@ import os
 from typing import Any
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 UPSTREAM = os.environ.get("FLOOR_UPSTREAM", "http://127.0.0.1:8001")
-CLIENT = os.environ.get("FLOOR_CLIENT", "httpx")  # or aiohttp (the bench dependency group installs it)
+CLIENT = os.environ.get("FLOOR_CLIENT", "httpx")  # httpx | httpx-aiohttp | aiohttp
 JSON = {"content-type": "application/json"}
 _client: Any = None
 
@@ -34,9 +36,12 @@ async def _start() -> None:
         import aiohttp
 
         _client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
-    else:
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-        _client = httpx.AsyncClient(base_url=UPSTREAM, limits=limits, timeout=60)
+        return
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    transport = (
+        AiohttpTransport(limits=limits) if CLIENT == "httpx-aiohttp" else httpx.AsyncHTTPTransport(limits=limits)
+    )
+    _client = httpx.AsyncClient(base_url=UPSTREAM, transport=transport, timeout=60)
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI
+from httpx_aiohttp import AiohttpTransport
 from redis.asyncio import Redis
 
 import creditgate as app_pkg
@@ -59,6 +60,14 @@ def load_catalog(settings: Settings) -> Catalog:
     return demo.route_catalog(catalog) if settings.demo else catalog
 
 
+def providers_transport(settings: Settings) -> httpx.AsyncBaseTransport:
+    """The providers' connection pool: aiohttp's by default (bench/python_floor.py: 11× httpx's at c=32)."""
+    limits = httpx.Limits(max_connections=settings.upstream_max_connections, max_keepalive_connections=None)
+    if settings.upstream_client == "aiohttp":
+        return AiohttpTransport(limits=limits)
+    return httpx.AsyncHTTPTransport(limits=limits)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -72,8 +81,9 @@ def create_app(
         settings = demo.with_stripe(settings)
         if upstream_transport is None:
             upstream_transport = demo.upstream_transport()
+    upstream_transport = upstream_transport or providers_transport(settings)
     if settings.metrics_enabled:  # time every provider call from the outside
-        upstream_transport = upstream.TimedTransport(upstream_transport or httpx.AsyncHTTPTransport(), catalog)
+        upstream_transport = upstream.TimedTransport(upstream_transport, catalog)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     hold_ttl_seconds: int = Field(default=600, ge=30)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
     upstream_timeout_seconds: float = Field(default=120.0, gt=0)
+    upstream_client: Literal["aiohttp", "httpx"] = Field(
+        default="aiohttp",
+        description="the providers' connection pool: aiohttp (httpx-aiohttp's transport) or httpx's own",
+    )
+    upstream_max_connections: int = Field(default=1000, ge=1, description="open connections to all providers")
     default_max_tokens: int = Field(default=4096, ge=1)
     demo: bool = False
     db_pool_size: int = Field(default=20, ge=1)
