@@ -160,11 +160,12 @@ async def measure(
 
 
 # Beside the default (group commit: one function call per money step for every request waiting), in the same run:
-# one call per request, the default with one org balance shared by every client, and the ORM path with nothing
-# cached (the code before the hot-path work).
+# one call per request, httpx's own connection pool to the upstream (not aiohttp's), the default with one org balance
+# shared by every client, and the ORM path with nothing cached (the code before the hot-path work).
 VARIANTS: dict[str, dict[str, str]] = {
     "default": {},
     "one call per request": {"CREDITGATE_GROUP_COMMIT": "false"},
+    "httpx pool": {"CREDITGATE_UPSTREAM_CLIENT": "httpx"},
     "shared org": {},
     "orm no caches": {"CREDITGATE_FAST_LEDGER": "false", "CREDITGATE_CACHE_SECONDS": "0"},
 }

@@ -180,6 +180,7 @@ def create_app(
         version=app_pkg.__version__,
         description="An LLM gateway with prepaid fractional credits. Credits are decimal strings.",
         lifespan=lifespan,
+        telemetry={"tracing": settings.otel_enabled, "metrics": settings.otel_enabled, "logs": settings.otel_enabled},
     )
     errors_http.install(app)
     app.add_middleware(ObservabilityMiddleware, metrics_enabled=settings.metrics_enabled)

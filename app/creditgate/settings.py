@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(default="text", description="text, or json: one object per line")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     metrics_enabled: bool = Field(default=True, description="serve GET /metrics and record metrics")
+    otel_enabled: bool = Field(
+        default=False,
+        description="FastAPI's native OpenTelemetry (spans, metrics and logs to the global providers); off by default: "
+        "/metrics covers it, and FastAPI's check for providers costs ~4 % of a chat request's CPU",
+    )
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="serve /metrics on this port instead of the gateway's"
     )

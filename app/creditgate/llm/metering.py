@@ -89,7 +89,9 @@ class Meter:
         note_model(model.id)
         admission: Admission | None = None
         try:
-            async with rt.sessionmaker.begin() as session:
+            # A session that touches the database only on a cache miss, a notice or the ORM hold: with warm caches
+            # and the fast ledger it never begins a transaction (begin() would cost ~3 % of a request's CPU).
+            async with rt.sessionmaker() as session:
                 user_keys = rt.caches.byok.get(str(principal.user_id))
                 if user_keys is None:
                     all_keys = await keys_for(session, user_id=principal.user_id, settings=rt.settings)
@@ -117,6 +119,8 @@ class Meter:
                     if meter.hold_id is None:
                         meter.hold_id = await meter._hold(session, worst, images=images)
                     meter.held = worst
+                if session.in_transaction():
+                    await session.commit()
             return meter
         except BaseException:
             await rt.quotas.give_back(admission)  # refused for credits: the call does not count
