@@ -48,10 +48,13 @@ def _uv() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def lowest_sdk_python(request: pytest.FixtureRequest) -> str:
-    """A Python with both SDKs at their declared minimum versions (built once, reused from pytest's cache)."""
+def lowest_sdk_python(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A Python with both SDKs at their declared minimum versions (built once, reused from pytest's cache; built
+    in this run's temporary directory under ``-p no:cacheprovider``)."""
     pins = [f"{name}=={version}" for name, version in sorted(declared_minimums().items())]
-    root = Path(request.config.cache.mkdir("sdk-matrix")) / "-".join(pins).replace("==", "")
+    cache = getattr(request.config, "cache", None)
+    base = Path(cache.mkdir("sdk-matrix")) if cache is not None else tmp_path_factory.mktemp("sdk-matrix")
+    root = base / "-".join(pins).replace("==", "")
     python = root / "bin" / "python"
     if (root / "ready").exists():
         return str(python)
