@@ -17,15 +17,18 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from creditgate.errors import GatewayError
+from creditgate.ledger.fast import unreachable
 
 log = logging.getLogger(__name__)
 Shape = Literal["gateway", "openai", "anthropic"]
@@ -196,8 +199,34 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return _respond(request, 500, type_="internal_error", code="internal_error", message="internal error")
 
 
+# What the database layers raise (SQLAlchemy's wrapper, asyncpg's own on the fast ledger, a refused socket).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    DBAPIError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresError,
+    ConnectionError,
+)
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """503 with Retry-After when the database could not be reached (Postgres restarting); else a 500."""
+    if not unreachable(exc):
+        return await _unexpected(request, exc)
+    log.warning("database unreachable: %s: %s", type(exc).__name__, exc)
+    return _respond(
+        request,
+        503,
+        type_="service_unavailable",
+        code="database_unavailable",
+        message="the database is unavailable; retry shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for kind in DATABASE_ERRORS:
+        app.add_exception_handler(kind, _database_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncpg
 import httpx
 import pytest
 
+from creditgate.runtime import Runtime
 from creditgate_harness.fakes.providers import FakeProvider, Reply
 from creditgate_harness.gateway import TestUser, UserFactory
 from suites.unit.llm.test_chat import CHAT, body
@@ -35,3 +37,53 @@ async def test_rate_limit_headers_on_every_metered_answer(
         assert "anthropic-ratelimit-requests-limit" not in response.headers
         remaining.append(int(response.headers["X-RateLimit-Remaining"]))
     assert remaining == [699, 698]
+
+
+class _Failing:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __call__(self) -> _Failing:
+        return self
+
+    async def __aenter__(self) -> None:
+        raise self.error
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "shape"),
+    [("GET", "/user/balance", "gateway"), ("POST", "/v1/chat/completions", "openai")],
+)
+async def test_a_database_that_cannot_be_reached_is_a_503_to_retry_not_a_500(
+    async_client: httpx.AsyncClient,
+    cg_funded_user: TestUser,
+    cg_runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    path: str,
+    shape: str,
+) -> None:
+    monkeypatch.setattr(
+        cg_runtime, "sessionmaker", _Failing(asyncpg.ConnectionDoesNotExistError("closed mid-operation"))
+    )
+    request = body() if method == "POST" else None
+    response = await async_client.request(method, path, json=request, headers=cg_funded_user.headers)
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == "1"
+    error = response.json()["error"]
+    assert error["code"] == "database_unavailable"
+    assert error["type"] == "service_unavailable"
+    assert ("param" in error) is (shape == "openai")  # each route's own error shape
+
+
+async def test_a_statement_the_database_refuses_is_still_a_500(
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cg_runtime, "sessionmaker", _Failing(asyncpg.UniqueViolationError("duplicate key")))
+    response = await async_client.get("/user/balance", headers=cg_funded_user.headers)
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert "Retry-After" not in response.headers
