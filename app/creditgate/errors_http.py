@@ -223,7 +223,25 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _vendor_routes_answer_400(app: FastAPI) -> None:
+    """FastAPI documents a 422 on every route with a body; the vendors' routes (``/v1/...``) answer invalid input
+    with 400 instead (``_respond``), so their OpenAPI operations list the 400 and not the 422."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            for path, operations in build()["paths"].items():
+                if path.startswith("/v1/"):
+                    for operation in operations.values():
+                        operation.get("responses", {}).pop("422", None)
+        assert app.openapi_schema is not None  # build() stored it
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
+    _vendor_routes_answer_400(app)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -87,3 +87,15 @@ async def test_a_statement_the_database_refuses_is_still_a_500(
     assert response.status_code == 500
     assert response.json()["error"]["code"] == "internal_error"
     assert "Retry-After" not in response.headers
+
+
+async def test_the_schema_documents_400_not_422_for_invalid_input_on_the_vendors_routes(
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser
+) -> None:
+    schema = (await async_client.get("/openapi.json")).json()
+    chat = schema["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert "400" in chat
+    assert "422" not in chat
+    answered = await async_client.post(CHAT, json={"model": "test-model"}, headers=cg_funded_user.headers)
+    assert answered.status_code == 400  # what the schema says
+    assert "422" in schema["paths"]["/orgs"]["post"]["responses"]  # the gateway's own routes keep 422
