@@ -22,7 +22,6 @@ from typing import Any, NoReturn
 from creditgate.auth import service as auth
 from creditgate.db.engine import create_engine, create_sessionmaker
 from creditgate.db.migrate import upgrade_url
-from creditgate.main import load_catalog
 from creditgate.money import credits
 from creditgate.observability import metrics
 from creditgate.observability.logs import logging_config
@@ -142,7 +141,7 @@ def serve(args: argparse.Namespace) -> None:
     if args.log_level:
         os.environ["CREDITGATE_LOG_LEVEL"] = args.log_level  # the workers read it too
     settings = startup.load_settings()
-    load_catalog(settings)  # before anything is migrated
+    startup.load_catalog(settings.catalog)  # before anything is migrated (a broken catalog: one line, exit 2)
     startup.check_port(args.host, args.port)
     if settings.metrics_enabled and settings.metrics_port:
         startup.check_port(settings.metrics_host, settings.metrics_port, option="CREDITGATE_METRICS_PORT")
