@@ -36,6 +36,7 @@ BUILD = ROOT / "build" / "mutants"
 REPORTS = ROOT / "reports" / "mutants"
 EQUIVALENTS = ROOT / "tools" / "mutants_equivalent.toml"
 
+TIMEOUT_MULTIPLIER = 5.0  # a mutant's tests may take 5× their clean run's time before it counts as a timeout
 KILLED = {1, 3, 36, 37, -24, 24, 152, 255}  # killed, pytest internal error, timeouts, caught by type check
 NOT_CHECKED = {None}
 
@@ -96,6 +97,9 @@ def workspace(shard: Shard) -> Path:
         # One process per mutant, no coverage: mutmut runs its own workers.
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:cov", "-q"],
         "also_copy": ["suites", "conftest.py"],
+        # A mutant that makes a test hang (the batcher never answering) is a timeout, which counts as killed; at
+        # mutmut's default (15× the tests' time) each such mutant of ledger/fast.py cost ~90 s of waiting.
+        "timeout_multiplier": TIMEOUT_MULTIPLIER,
     }
     table = "\n".join(f"{key} = {json.dumps(value)}" for key, value in mutmut.items())
     (ws / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + f"\n[tool.mutmut]\n{table}\n")
