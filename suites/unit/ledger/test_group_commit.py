@@ -213,6 +213,30 @@ async def test_a_lost_connection_fails_the_whole_batch_and_nothing_is_retried_al
     assert one_by_one == []
 
 
+async def test_a_lost_connection_fails_every_request_of_a_batch_of_several(
+    fast: PostgresLedger, cg_funded_user: TestUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncpg import ConnectionDoesNotExistError
+
+    one_by_one: list[object] = []
+
+    async def gone(*args: object) -> None:
+        raise ConnectionDoesNotExistError("connection was closed in the middle of operation")
+
+    async def alone(request: object) -> None:
+        one_by_one.append(request)  # the batch may have committed: alone, each would be a second hold
+
+    monkeypatch.setattr(fast.holds, "_run_batch", gone)
+    monkeypatch.setattr(fast.holds, "_run_one", alone)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(_hold(fast, cg_funded_user, f"several{i}") for i in range(5)), return_exceptions=True),
+        timeout=30,
+    )
+    assert all(isinstance(r, ConnectionDoesNotExistError) for r in results)
+    assert fast.holds.batches < 5  # some batch held several requests
+    assert (one_by_one, fast.holds.fallbacks) == ([], 0)
+
+
 async def test_a_batch_of_one_that_fails_is_not_sent_again(
     fast: PostgresLedger, cg_funded_user: TestUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
