@@ -50,6 +50,8 @@ from suites.load.run import REPORTS, LocustRun, endpoint_audit, money_oracle, st
 from suites.load.stack import HOLD_TTL, SWEEP_INTERVAL, Stack
 from suites.load.summary import status_class
 
+CREDITS = Decimal(300)  # each user's opening balance and each member's allocation; the org's balance is 4×
+
 SCENARIOS = ("kill-all-workers", "kill-one-worker", "postgres-restart", "redis-restart", "upstream-storm")
 UPSTREAM_TIMEOUT, BREAKER_COOLDOWN = 3.0, 2.0  # the stack's settings (suites/load/stack.py)
 
@@ -186,7 +188,11 @@ def run_segments(
     a fixed period of load; the load stops ``post`` seconds after the last recovery."""
     label = names[0] if len(names) == 1 else "all"
     run_id = f"chaos-{label}-{uuid.uuid4().hex[:6]}"
-    provisioned = provision(admin, run_id, users=users, members=members)
+    # Enough credits that the faults meet paid traffic to the end: with the load run's 20-credit allocations, org
+    # members at ~240 requests/s were refused (402 allocation_exhausted) for most of the last scenario.
+    provisioned = provision(
+        admin, run_id, users=users, members=members, user_credits=CREDITS, org_credits=CREDITS * 4, allocation=CREDITS
+    )
     keys, stop = out / f"{label}-keys.json", out / f"{label}.stop"
     keys.write_text(json.dumps(provisioned.keys_file()))
     before = admin.audit(provisioned.accounts)
