@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from asyncpg import ConnectionDoesNotExistError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -186,21 +187,26 @@ async def test_a_hold_closed_twice_at_once_is_charged_once(fast: PostgresLedger,
     assert sorted(answers, key=lambda a: a is None) == [(60, 100_000 - 60), None, None]
 
 
-async def test_a_lost_connection_fails_the_whole_batch_and_nothing_is_retried_alone(
-    fast: PostgresLedger, cg_funded_user: TestUser, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from asyncpg import ConnectionDoesNotExistError
-
+def lose_the_connection(fast: PostgresLedger, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every hold batch fails as if Postgres ended the connection; returns what gets retried alone, which must stay
+    empty: the batch may have committed, and alone each request would be a second hold."""
     one_by_one: list[object] = []
 
     async def gone(*args: object) -> None:
         raise ConnectionDoesNotExistError("connection was closed in the middle of operation")
 
     async def alone(request: object) -> None:
-        one_by_one.append(request)  # a retry alone could commit a hold whose batch did commit
+        one_by_one.append(request)
 
     monkeypatch.setattr(fast.holds, "_run_batch", gone)
     monkeypatch.setattr(fast.holds, "_run_one", alone)
+    return one_by_one
+
+
+async def test_a_lost_connection_fails_the_whole_batch_and_nothing_is_retried_alone(
+    fast: PostgresLedger, cg_funded_user: TestUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one_by_one = lose_the_connection(fast, monkeypatch)
     fast.holds._max_batch = 1  # five batches: each fails, none stops the queue
     results = await asyncio.wait_for(
         asyncio.gather(
@@ -216,18 +222,7 @@ async def test_a_lost_connection_fails_the_whole_batch_and_nothing_is_retried_al
 async def test_a_lost_connection_fails_every_request_of_a_batch_of_several(
     fast: PostgresLedger, cg_funded_user: TestUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asyncpg import ConnectionDoesNotExistError
-
-    one_by_one: list[object] = []
-
-    async def gone(*args: object) -> None:
-        raise ConnectionDoesNotExistError("connection was closed in the middle of operation")
-
-    async def alone(request: object) -> None:
-        one_by_one.append(request)  # the batch may have committed: alone, each would be a second hold
-
-    monkeypatch.setattr(fast.holds, "_run_batch", gone)
-    monkeypatch.setattr(fast.holds, "_run_one", alone)
+    one_by_one = lose_the_connection(fast, monkeypatch)
     results = await asyncio.wait_for(
         asyncio.gather(*(_hold(fast, cg_funded_user, f"several{i}") for i in range(5)), return_exceptions=True),
         timeout=30,
