@@ -305,11 +305,15 @@ UNREACHABLE = {  # asyncpg's names for "the server went away or is not back yet"
 
 
 def unreachable(exc: BaseException | None) -> bool:
-    """The database could not be reached (as opposed to refusing the statement)."""
+    """The database could not be reached (as opposed to refusing the statement). A ``ValueError`` in the chain is a
+    refusal: asyncpg's client-side ``DataError`` (a parameter it cannot encode) is an ``InterfaceError`` too, and
+    SQLAlchemy wraps it in one, so the names alone would call a bad parameter an outage."""
+    chain: list[BaseException] = []
     while exc is not None:
-        if isinstance(exc, OSError) or type(exc).__name__ in UNREACHABLE:
-            return True
-        if getattr(exc, "connection_invalidated", False):
-            return True
+        chain.append(exc)
         exc = getattr(exc, "orig", None) or exc.__cause__
-    return False
+    if any(getattr(e, "connection_invalidated", False) for e in chain):
+        return True
+    if any(isinstance(e, ValueError) for e in chain):
+        return False
+    return any(isinstance(e, OSError) or type(e).__name__ in UNREACHABLE for e in chain)

@@ -147,7 +147,10 @@ async def stream(
                 outcome=outcome,
             )
         finally:
-            await upstream.aclose()
+            try:
+                await upstream.aclose()
+            except Exception:  # the charge stands; a connection that fails to close must not cost the stream its end
+                log.warning("closing the stream from %s failed", upstream.provider, exc_info=True)
         return tokens
 
     async def relay() -> AsyncIterator[bytes]:

@@ -179,4 +179,11 @@ def test_what_counts_as_the_database_being_unreachable() -> None:
     # seen in `nox -s chaos` after a Postgres restart, on a pooled connection the server had ended
     assert unreachable(InternalClientError("cannot switch to state 12; another operation (2) is in progress"))
     assert not unreachable(ValueError("a refusal"))
+    # a parameter asyncpg cannot encode: its DataError is an InterfaceError, wrapped in SQLAlchemy's InterfaceError
+    from asyncpg.exceptions._base import DataError as ClientDataError
+    from sqlalchemy.exc import InterfaceError
+
+    bad_parameter = InterfaceError("INSERT …", {}, ClientDataError("invalid input for query argument $1"))
+    assert not unreachable(bad_parameter)
+    assert unreachable(InterfaceError("SELECT 1", {}, ConnectionDoesNotExistError("gone")))
     assert not unreachable(None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx
@@ -37,12 +39,34 @@ def cg_settings(cg_settings: Settings, request: pytest.FixtureRequest) -> Settin
 
 
 @pytest.fixture
-def cg_catalog(cg_upstream_server: Fake[FakeProvider]) -> Catalog:
-    """Every model tries a provider nobody listens on first, then the fake on its loopback port."""
+def garbled_port() -> Iterator[int]:
+    """A server that answers every request with bytes that are not HTTP."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    yield int(server.getsockname()[1])
+    server.close()
+
+
+@pytest.fixture
+def cg_catalog(cg_upstream_server: Fake[FakeProvider], garbled_port: int) -> Catalog:
+    """Every model tries a provider nobody listens on, then one that answers garbage, then the fake."""
     base = catalog_for_tests(cg_upstream_server.url)
     down = ProviderConfig(name="down", base_url=f"http://127.0.0.1:{closed_port()}/v1", api_key="k")
-    models = tuple(m.model_copy(update={"providers": (ModelRoute(provider="down"), *m.providers)}) for m in base.models)
-    return Catalog(providers=(down, *base.providers), models=models)
+    garbled = ProviderConfig(name="garbled", base_url=f"http://127.0.0.1:{garbled_port}/v1", api_key="k")
+    first = (ModelRoute(provider="down"), ModelRoute(provider="garbled"))
+    models = tuple(m.model_copy(update={"providers": (*first, *m.providers)}) for m in base.models)
+    return Catalog(providers=(down, garbled, *base.providers), models=models)
 
 
 @pytest.fixture
@@ -57,7 +81,7 @@ def test_the_default_pool_is_aiohttps_and_httpxs_is_one_setting_away() -> None:
     assert type(httpx_pool) is httpx.AsyncHTTPTransport
 
 
-async def test_a_refused_connection_fails_over_and_the_answer_is_charged(
+async def test_a_refused_connection_and_a_garbled_answer_fail_over_and_the_answer_is_charged(
     async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_upstream: FakeProvider
 ) -> None:
     cg_upstream.push(Reply(content="over the wire", prompt_tokens=100, completion_tokens=50))
