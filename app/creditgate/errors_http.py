@@ -27,8 +27,8 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from creditgate.db.errors import unreachable
 from creditgate.errors import GatewayError
-from creditgate.ledger.fast import unreachable
 
 log = logging.getLogger(__name__)
 Shape = Literal["gateway", "openai", "anthropic"]

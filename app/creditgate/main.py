@@ -9,10 +9,8 @@ import logging.config
 import os
 from collections.abc import AsyncIterator
 
-import aiohttp
 import httpx
 from fastapi import FastAPI
-from httpx_aiohttp import AiohttpTransport
 from redis.asyncio import Redis
 
 import creditgate as app_pkg
@@ -40,6 +38,7 @@ from creditgate.observability import routes as metrics_routes
 from creditgate.observability.middleware import ObservabilityMiddleware
 from creditgate.orgs.routes import router as orgs_router
 from creditgate.providers.pool import ProviderPool
+from creditgate.providers.transport import providers_transport
 from creditgate.quotas.service import MemoryCounter, Quotas, RedisCounter, load_plans
 from creditgate.runtime import Runtime
 from creditgate.settings import Settings
@@ -59,26 +58,6 @@ def load_catalog(settings: Settings) -> Catalog:
     """The configured catalog (``StartupError`` if it is missing or broken); ``--demo`` routes it to the fake."""
     catalog = startup.load_catalog(settings.catalog)
     return demo.route_catalog(catalog) if settings.demo else catalog
-
-
-class AiohttpPool(AiohttpTransport):
-    """httpx-aiohttp's transport. It maps most of aiohttp's errors to httpx's; the rest (a malformed status line is
-    ``ClientResponseError``) become ``httpx.RemoteProtocolError``, as httpx's own pool raises, so the provider pool
-    fails over on them instead of answering 500."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            return await super().handle_async_request(request)
-        except aiohttp.ClientError as exc:
-            raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}", request=request) from exc
-
-
-def providers_transport(settings: Settings) -> httpx.AsyncBaseTransport:
-    """The providers' connection pool: aiohttp's by default (bench/python_floor.py: 8× httpx's at c=32)."""
-    limits = httpx.Limits(max_connections=settings.upstream_max_connections, max_keepalive_connections=None)
-    if settings.upstream_client == "aiohttp":
-        return AiohttpPool(limits=limits)
-    return httpx.AsyncHTTPTransport(limits=limits)
 
 
 def create_app(

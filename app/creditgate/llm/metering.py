@@ -24,10 +24,11 @@ from creditgate.auth.service import Principal
 from creditgate.byok.service import keys_for
 from creditgate.catalog import pricing
 from creditgate.catalog.service import ModelConfig
+from creditgate.db.errors import unreachable
 from creditgate.db.models import Hold, UsageRecord
 from creditgate.errors import InsufficientCredits
 from creditgate.ledger import service as ledger
-from creditgate.ledger.fast import Usage, unreachable
+from creditgate.ledger.fast import Usage
 from creditgate.money import from_hundredths, to_hundredths
 from creditgate.notifications.outbox import crossed_below, notify_account
 from creditgate.observability import metrics

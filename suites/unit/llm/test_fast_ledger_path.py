@@ -131,7 +131,7 @@ async def test_a_retry_tells_a_committed_settle_from_a_lost_one(
 
 
 def test_what_counts_as_unreachable_through_sqlalchemys_wrapper() -> None:
-    from creditgate.ledger.fast import unreachable
+    from creditgate.db.errors import unreachable
 
     class ConnectionDoesNotExistError(Exception):
         pass

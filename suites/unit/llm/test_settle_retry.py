@@ -166,7 +166,7 @@ async def test_a_meter_settles_once(
 def test_what_counts_as_the_database_being_unreachable() -> None:
     from asyncpg.exceptions import InternalClientError
 
-    from creditgate.ledger.fast import unreachable
+    from creditgate.db.errors import unreachable
 
     class Invalidated(Exception):
         connection_invalidated = True

@@ -16,21 +16,17 @@ from httpx_aiohttp import AiohttpTransport
 
 from creditgate.catalog import pricing
 from creditgate.catalog.service import Catalog, ModelRoute, ProviderConfig
-from creditgate.main import create_app, providers_transport
+from creditgate.main import create_app
+from creditgate.providers.transport import providers_transport
 from creditgate.settings import Settings
 from creditgate_harness.catalog import catalog_for_tests
 from creditgate_harness.fakes.modes import Fake
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
 from creditgate_harness.gateway import TestUser
+from creditgate_harness.services.base import free_port
 from suites.unit.llm.test_chat import balance, body, expected_charge
 
 CHAT = "/v1/chat/completions"
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # nothing listens once it is closed
 
 
 @pytest.fixture(params=["aiohttp", "httpx"])
@@ -62,7 +58,7 @@ def garbled_port() -> Iterator[int]:
 def cg_catalog(cg_upstream_server: Fake[FakeProvider], garbled_port: int) -> Catalog:
     """Every model tries a provider nobody listens on, then one that answers garbage, then the fake."""
     base = catalog_for_tests(cg_upstream_server.url)
-    down = ProviderConfig(name="down", base_url=f"http://127.0.0.1:{closed_port()}/v1", api_key="k")
+    down = ProviderConfig(name="down", base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="k")
     garbled = ProviderConfig(name="garbled", base_url=f"http://127.0.0.1:{garbled_port}/v1", api_key="k")
     first = (ModelRoute(provider="down"), ModelRoute(provider="garbled"))
     models = tuple(m.model_copy(update={"providers": (*first, *m.providers)}) for m in base.models)
