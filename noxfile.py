@@ -9,7 +9,7 @@ from pathlib import Path
 import nox
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "typecheck", "unit", "contract", "e2e"]
+nox.options.sessions = ["lint", "typecheck", "unit", "contract", "e2e", "adversarial"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
@@ -73,6 +73,13 @@ def e2e(session: nox.Session) -> None:
     """End-to-end flows on real Postgres with live uvicorn workers and fake providers on real ports."""
     install(session, "test")
     pytest(session, "suites/e2e", "--flow-report=reports/e2e-report.md")
+
+
+@nox.session
+def adversarial(session: nox.Session) -> None:
+    """The suites as an attacker: cost coverage, tenant matrix, noisy neighbours, signed garbage, long streams."""
+    install(session, "test")
+    pytest(session, "suites/adversarial", "--hypothesis-show-statistics")
 
 
 @nox.session(default=False)
@@ -167,7 +174,7 @@ def ci(session: nox.Session) -> None:
     the short chaos run (every fault, judged by the money oracle) and the mutation gate on money and pricing."""
     for stale in (f for f in os.listdir(".") if f.startswith(".coverage")):
         os.remove(stale)
-    for name in ("lint", "typecheck", "tests", "coverage", "example"):
+    for name in ("lint", "typecheck", "tests", "adversarial", "coverage", "example"):
         session.notify(name)
     session.notify("chaos", ["--short"])
     session.notify("mutants", ["--shard", "money"])
