@@ -220,6 +220,27 @@ class Membership(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class OrgInvitation(Base):
+    """An invitation to join an org, addressed to an email; nothing changes for the invitee until they accept."""
+
+    __tablename__ = "org_invitations"
+    __table_args__ = (
+        UniqueConstraint("org_id", "email", name="uq_org_invitations_org_email"),
+        Index("ix_org_invitations_email_status", "email", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(16))  # admin|member, once accepted
+    allocation: Mapped[int] = mapped_column(BigInteger, default=0)  # hundredths
+    invited_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # pending|accepted|declined|revoked
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    responded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class Subscription(Base):
     """Which plan (and so which monthly call quota) a user or an org is on."""
 
