@@ -189,7 +189,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         )  # fmt: skip
     if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. bytes that are not UTF-8)
         return _respond(request, 422, type_="invalid_request", code="invalid_request", message=message)
-    kind = {404: "not_found"}.get(exc.status_code, "http_error")
+    kind = {404: "not_found", 413: "request_too_large"}.get(exc.status_code, "http_error")
     headers = dict(exc.headers) if exc.headers else None
     return _respond(request, exc.status_code, type_=kind, code=kind, message=message, headers=headers)
 

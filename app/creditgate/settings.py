@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     hold_ttl_seconds: int = Field(default=600, ge=30)
     sweep_interval_seconds: float = Field(default=30.0, gt=0)
     upstream_timeout_seconds: float = Field(default=120.0, gt=0)
+    # The largest request body any route reads (413 above it): a 20 MB body is parsed and walked otherwise.
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     upstream_client: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp",
         description="the providers' connection pool: aiohttp (httpx-aiohttp's transport) or httpx's own",

@@ -46,6 +46,9 @@ class ModelConfig(BaseModel):
     default_max_tokens: int = Field(default=4096, ge=1)
     max_output_tokens: int = Field(default=16384, ge=1)
     per_image: Decimal | None = Field(default=None, ge=0, description="USD per generated image (image models)")
+    image_input_tokens: int = Field(
+        default=1600, ge=0, description="the most prompt tokens one input image can cost (the hold counts this)"
+    )
     image_sizes: tuple[str, ...] = ("1024x1024",)
     providers: tuple[ModelRoute, ...] = Field(min_length=1)
 

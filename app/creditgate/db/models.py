@@ -144,6 +144,8 @@ class UsageRecord(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     credits: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Hundredths the upstream served beyond what the balance could pay (0 almost always): revenue lost, on record.
+    unrecovered: Mapped[int] = mapped_column(BigInteger, default=0)
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)
     outcome: Mapped[str] = mapped_column(String(32))
     byok: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -53,9 +53,14 @@ class Usage:
     outcome: str
     byok: bool
 
-    def row(self, *, user_id: int, credits: Decimal) -> dict[str, Any]:
+    def row(self, *, user_id: int, credits: Decimal, unrecovered: Decimal = Decimal(0)) -> dict[str, Any]:
         """The ``usage_records`` row, for the ORM path's INSERT (``creditgate_close`` writes the same columns)."""
-        return {**asdict(self), "user_id": user_id, "credits": to_hundredths(credits)}  # created_at: the default
+        return {  # created_at: the default
+            **asdict(self),
+            "user_id": user_id,
+            "credits": to_hundredths(credits),
+            "unrecovered": to_hundredths(unrecovered),
+        }
 
 
 @dataclass(frozen=True, slots=True)

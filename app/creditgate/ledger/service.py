@@ -10,7 +10,7 @@ Entry types (signed hundredths of a credit):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -309,19 +309,26 @@ async def _give_back(
 async def settle_hold(
     session: AsyncSession, *, hold_id: int, charge: Decimal, description: str | None = None, user_id: int | None = None
 ) -> SettleResult:
-    """Charge the actual cost of a held request, capped at the hold, and release the rest."""
+    """Charge the actual cost of a held request and release the rest of the hold. A cost above the hold takes the
+    difference from what the account (and the member's allocation) has left, never below zero; what even that
+    cannot cover is the caller's to record (``usage_records.unrecovered``)."""
     wanted = to_hundredths(charge)
     if wanted < 0:
         raise InvalidRequest("a charge cannot be negative")
     closed = await _close(session, hold_id=hold_id, status="settled", charge=wanted)
     if closed is not None:
+        if wanted > closed.amount:  # the upstream served more than was held: the rest from what is left
+            extra = await _spendable(session, account_id=closed.account_id, membership_id=closed.membership_id)
+            extra = min(wanted - closed.amount, extra)
+            if extra > 0:
+                closed = replace(closed, charged=closed.charged + extra)
+                await session.execute(update(Hold).where(Hold.id == hold_id).values(charged=closed.charged))
         balance = await _give_back(session, closed, hold_id=hold_id, user_id=user_id, description=description)
-        metrics.credits(
-            session, charged=from_hundredths(closed.charged), released=from_hundredths(closed.amount - closed.charged)
-        )
+        released = from_hundredths(max(closed.amount - closed.charged, 0))
+        metrics.credits(session, charged=from_hundredths(closed.charged), released=released)
         return SettleResult(
             from_hundredths(closed.charged),
-            from_hundredths(closed.amount - closed.charged),
+            released,
             late=False,
             balance=from_hundredths(balance),
         )
@@ -334,11 +341,9 @@ async def settle_hold(
         raise NotFound(f"hold {hold_id} does not exist")
     if row.status != "expired":
         raise Conflict(f"hold {hold_id} is already {row.status}")
-    # The sweeper released this hold before the request finished. Charge what the balance allows.
-    if row.membership_id is not None:  # lock order: allocation, then account (as place_hold)
-        await session.execute(select(Membership.id).where(Membership.id == row.membership_id).with_for_update())
-    current = await session.scalar(select(Account.balance).where(Account.id == row.account_id).with_for_update())
-    late_units = min(wanted, row.amount, current or 0)
+    # The sweeper released this hold before the request finished: the full price, from what the balance allows.
+    late_units = min(wanted, await _spendable(session, account_id=row.account_id, membership_id=row.membership_id))
+    current = await session.scalar(select(Account.balance).where(Account.id == row.account_id))
     await session.execute(update(Hold).where(Hold.id == hold_id).values(charged=late_units))
     await _adjust_allocation(session, row.membership_id, late_units)
     if late_units:
@@ -359,6 +364,21 @@ async def settle_hold(
     left = (current or 0) - late_units
     metrics.credits(session, charged=from_hundredths(late_units))
     return SettleResult(from_hundredths(late_units), Decimal("0.00"), late=True, balance=from_hundredths(left))
+
+
+async def _spendable(session: AsyncSession, *, account_id: int, membership_id: int | None) -> int:
+    """What a charge beyond a hold may still take: the balance, and for a member also their allocation's room.
+    Locks the rows in ``place_hold``'s order (allocation, then account)."""
+    room: int | None = None
+    if membership_id is not None:
+        row = (
+            await session.execute(
+                select(Membership.allocation, Membership.used).where(Membership.id == membership_id).with_for_update()
+            )
+        ).one()
+        room = row.allocation - row.used
+    balance = await session.scalar(select(Account.balance).where(Account.id == account_id).with_for_update()) or 0
+    return max(0, min(balance, balance if room is None else room))
 
 
 async def release_hold(

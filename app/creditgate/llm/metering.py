@@ -1,7 +1,9 @@
 """Hold before the provider call, settle or release after — once, even if the client goes away.
 
 ``Meter.open`` holds the worst case (402 with what is affordable if it cannot); ``settle`` charges
-the actual cost (never above the hold) and writes the usage record in the same transaction;
+the actual cost and writes the usage record in the same transaction — a cost above the hold (the upstream
+served more than the estimate bounded) takes the rest from the balance, never below zero, and the usage record
+keeps what even that could not cover (``unrecovered``, also a metric);
 ``release`` gives the hold back. Both run shielded from cancellation, so a client disconnect in
 the middle of a stream still settles. A BYOK request holds nothing and is charged 0, but its
 usage is recorded all the same.
@@ -17,7 +19,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import anyio
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from creditgate.auth.service import Principal
@@ -25,7 +27,7 @@ from creditgate.byok.service import keys_for
 from creditgate.catalog import pricing
 from creditgate.catalog.service import ModelConfig
 from creditgate.db.errors import unreachable
-from creditgate.db.models import Hold, UsageRecord
+from creditgate.db.models import Hold, UsageRecord, utcnow
 from creditgate.errors import InsufficientCredits
 from creditgate.ledger import service as ledger
 from creditgate.ledger.fast import Usage
@@ -177,7 +179,8 @@ class Meter:
         latency_ms: int,
         outcome: str = "ok",
     ) -> Decimal:
-        """Charge ``charge`` (capped at the hold), release the rest, record the usage. Returns what was charged.
+        """Charge ``charge`` (beyond the hold only what the balance has left), release the rest, record the usage.
+        Returns what was charged.
 
         The upstream has answered, so a settle the database cannot take now (Postgres restarting) is retried with
         backoff for up to half the hold's TTL: given up, the sweeper would release the hold and the answer go free.
@@ -209,6 +212,22 @@ class Meter:
                     await anyio.sleep(delay)
                     delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable: the shielded loop returns or raises")  # pragma: no cover
+
+    async def renew(self) -> bool:
+        """Push the open hold's expiry a whole TTL past now: a stream keeps its hold for as long as it runs, and
+        the sweeper only takes the hold of a request nobody is serving any more (its worker died). ``False`` if
+        the hold is no longer open (then the settle charges the full price from the balance)."""
+        if self.hold_id is None or self.closed:
+            return True
+        ttl = timedelta(seconds=self.rt.settings.hold_ttl_seconds)
+        async with self.rt.sessionmaker.begin() as session:
+            renewed = await session.scalar(
+                update(Hold)
+                .where(Hold.id == self.hold_id, Hold.status == "open")
+                .values(expires_at=utcnow() + ttl)
+                .returning(Hold.id)
+            )
+        return renewed is not None
 
     async def _committed_charge(self) -> Decimal | None:
         """What an earlier settle attempt charged if it committed: the hold is settled, or (the sweeper was first)
@@ -243,7 +262,8 @@ class Meter:
             )
             if closed is not None:
                 charged, balance = from_hundredths(closed[0]), from_hundredths(closed[1])
-                metrics.committed(charged=charged, released=self.held - charged)
+                metrics.committed(charged=charged, released=max(self.held - charged, ZERO))
+                metrics.unrecovered(model=self.model.id, credits=charge - charged)
                 await self._notify_low_balance(before=balance + charged, after=balance)
                 return charged
         async with self.rt.sessionmaker() as session, session.begin():
@@ -269,10 +289,11 @@ class Meter:
                 insert(UsageRecord),
                 [
                     self._usage(provider, prompt_tokens, completion_tokens, latency_ms, outcome).row(
-                        user_id=self.principal.user_id, credits=charged
+                        user_id=self.principal.user_id, credits=charged, unrecovered=max(charge - charged, ZERO)
                     )
                 ],
             )
+        metrics.unrecovered(model=self.model.id, credits=charge - charged)
         return charged
 
     async def release(self, *, outcome: str = "failed") -> None:

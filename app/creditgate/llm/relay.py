@@ -8,7 +8,14 @@ Charging rules (``billed`` is the only place they are written down)
 - The upstream's ``usage`` prices the request. Without it: the gateway's estimate of the prompt plus
   the estimate of the text returned (a stream: the text delivered so far; none delivered → nothing).
   That covers a stream that ended without a usage event, was cut mid-way, or whose client went away.
-- Never above the hold (``max_tokens`` at the output price plus the prompt estimate).
+- The hold bounds the cost up front: ``max_tokens`` at the output price plus the prompt's bound, which counts
+  every part of the body the upstream receives (llm/bounds.py); a body it cannot bound is refused (400).
+- A cost above the hold (an upstream that reports more than the bound) is charged from what the balance has left,
+  never below zero; what even that cannot cover is recorded (``usage_records.unrecovered``, a metric).
+- A stream renews its hold while it runs; a settle after the hold expired still charges the full price from
+  the balance.
+- Usage that is no token count (negative, fractional, ≥ 2³¹) is a malformed answer: a whole answer fails over
+  (nothing charged), a stream is charged as one that sent no usage.
 - Every provider failing, or a 4xx the provider blamed on the request: nothing charged.
 - Images: the catalog's per-image price for each image returned.
 - BYOK (the user's own key for the provider): 0 credits, usage still recorded.
@@ -158,11 +165,18 @@ async def stream(
         usage: Usage | None = None
         done, settling = False, False
         closing = b""  # the upstream's own end-of-stream event, held back until the charge has committed
+        # A stream renews its hold while it runs (a third of the TTL at a time), so the sweeper never takes the
+        # hold of a live stream and spends the credits again; only a stream whose worker died loses it.
+        renew_every = rt.settings.hold_ttl_seconds / 3
+        renew_at = time.monotonic() + renew_every
         try:
             if opening := writer.start():
                 yield opening
             try:
                 async for delta in upstream.deltas():
+                    if time.monotonic() >= renew_at:
+                        renew_at = time.monotonic() + renew_every
+                        await meter.renew()
                     delivered.append(delta.text)
                     usage = delta.usage or usage
                     out = writer.write(delta)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from creditgate.catalog import pricing
+from creditgate.llm.bounds import prompt_bound
 from creditgate.providers.base import ChatCall, Turn
 from creditgate.providers.openai import ChatCompletion, Choice, CompletionUsage, ResponseMessage
 
@@ -33,21 +34,23 @@ class ChatCompletionRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=128)
     messages: list[ChatMessage] = Field(min_length=1, max_length=2048)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=1, description="only n=1 is supported")
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
+    temperature: float | None = Field(default=None, ge=0, le=2, strict=True)
+    top_p: float | None = Field(default=None, ge=0, le=1, strict=True)
+    n: int | None = Field(default=None, ge=1, le=1, strict=True, description="only n=1 is supported")
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: bool = Field(default=False, strict=True)
     stream_options: dict[str, Any] | None = None
     user: str | None = None
 
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def prompt_estimate(self) -> int:
-        return pricing.estimate_prompt_tokens([m.text() for m in self.messages])
+    def prompt_estimate(self, native: Mapping[str, Any], *, image_tokens: int) -> int:
+        """The most prompt tokens this request (``native``: its dump, as ``call`` forwards it) can cost upstream:
+        every part the upstream receives (llm/bounds.py)."""
+        return prompt_bound(native, [m.text() for m in self.messages], image_tokens=image_tokens)
 
     def call(self, *, max_tokens: int) -> ChatCall:
         """This request as adapters see it: as sent, and neutral (system and developer turns become the system)."""

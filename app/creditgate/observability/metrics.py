@@ -59,6 +59,11 @@ UPSTREAM_SECONDS = Histogram(
 )
 CREDITS_HELD = Counter("creditgate_credits_held", "Credits held before provider calls")
 CREDITS_CHARGED = Counter("creditgate_credits_charged", "Credits charged when requests settled")
+CREDITS_UNRECOVERED = Counter(
+    "creditgate_credits_unrecovered",
+    "Credits the upstream served beyond the hold that the balance could not pay (revenue lost; usage_records too)",
+    ["model"],
+)
 CREDITS_RELEASED = Counter("creditgate_credits_released", "Credits given back from holds (failures, unused, expired)")
 REFUSALS = Counter("creditgate_refusals", "Requests refused for credits (402) or quota (429)", ["status", "reason"])
 BREAKER_STATE = Gauge(
@@ -106,6 +111,12 @@ def _count(info: Any, held: Decimal | None, charged: Decimal | None, released: D
             info.charged = (info.charged or Decimal(0)) + charged
     if released:
         CREDITS_RELEASED.inc(_sample(released))
+
+
+def unrecovered(*, model: str, credits: Decimal) -> None:
+    """Count credits a settle could not recover (served beyond the hold, the balance at zero)."""
+    if credits > 0:
+        CREDITS_UNRECOVERED.labels(model=model).inc(_sample(credits))
 
 
 def _sample(credits: Decimal) -> float:

@@ -15,6 +15,7 @@ from httpx_sse import ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from creditgate.providers.base import (
+    MAX_TOKENS,
     Adapter,
     ChatCall,
     Completion,
@@ -25,6 +26,7 @@ from creditgate.providers.base import (
     StreamParser,
     StreamWriter,
     Usage,
+    token_count,
 )
 
 VERSION = "2023-06-01"
@@ -48,8 +50,15 @@ COUNTED = ("messages", "system", "tools", "tool_choice", "thinking")  # what cou
 class MessageUsage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    input_tokens: int = Field(ge=0)
-    output_tokens: int = Field(ge=0)
+    input_tokens: int = Field(ge=0, le=MAX_TOKENS)
+    output_tokens: int = Field(ge=0, le=MAX_TOKENS)
+    # Prompt caching: Anthropic reports cached prompt tokens apart from input_tokens (writes cost 1.25×, reads
+    # 0.1× the input price). The gateway bills them all as input tokens, so a cached prompt never rides free.
+    cache_creation_input_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    cache_read_input_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+
+    def prompt_tokens(self) -> int:
+        return self.input_tokens + (self.cache_creation_input_tokens or 0) + (self.cache_read_input_tokens or 0)
 
 
 class Message(BaseModel):
@@ -72,6 +81,12 @@ def event(data: Mapping[str, Any]) -> bytes:
     return f"event: {data['type']}\ndata: {json.dumps(data)}\n\n".encode()
 
 
+def _prompt_tokens(usage: Mapping[str, Any]) -> int:
+    """Input tokens plus the cached ones (see ``MessageUsage``); ``Malformed`` for a count that is none."""
+    fields = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    return min(sum(token_count(usage.get(f), field=f) for f in fields), MAX_TOKENS)
+
+
 def _text(blocks: list[dict[str, Any]]) -> str:
     return "".join(str(b.get("text", "")) for b in blocks if b.get("type") == "text")
 
@@ -92,7 +107,7 @@ class AnthropicStreamParser:
         kind = data.get("type")
         if kind == "message_start":
             usage = (data.get("message") or {}).get("usage") or {}
-            self.input_tokens = int(usage.get("input_tokens") or 0)
+            self.input_tokens = _prompt_tokens(usage)
         elif kind == "content_block_delta":
             delta = data.get("delta") or {}
             if delta.get("type") == "text_delta":
@@ -100,11 +115,11 @@ class AnthropicStreamParser:
         elif kind == "message_delta":
             usage = data.get("usage") or {}
             if usage.get("input_tokens") is not None:
-                self.input_tokens = int(usage["input_tokens"])
+                self.input_tokens = _prompt_tokens(usage)
             stop = (data.get("delta") or {}).get("stop_reason")
             return [
                 Delta(
-                    usage=Usage(self.input_tokens, int(usage.get("output_tokens") or 0)),
+                    usage=Usage(self.input_tokens, token_count(usage.get("output_tokens"), field="output_tokens")),
                     finish=FINISHES.get(str(stop), "stop") if stop else None,
                     native=data,
                 )
@@ -200,7 +215,7 @@ class AnthropicAdapter(Adapter):
             message = Message.model_validate(body)
         except ValidationError as exc:
             raise Malformed("not a message") from exc
-        usage = Usage(message.usage.input_tokens, message.usage.output_tokens)
+        usage = Usage(message.usage.prompt_tokens(), message.usage.output_tokens)
         finish = FINISHES.get(message.stop_reason or "end_turn", "stop")
         return Completion(self.kind, _text(message.content), usage, finish, dict(body))
 

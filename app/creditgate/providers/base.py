@@ -32,6 +32,19 @@ class Malformed(Exception):
     """The upstream's answer does not have the protocol's shape (the pool fails over)."""
 
 
+MAX_TOKENS = 2**31 - 1  # what a usage record's integer columns hold; no real answer comes near it
+
+
+def token_count(value: Any, *, field: str) -> int:
+    """An upstream's token count, or ``Malformed``: a missing count is 0; anything but a whole number in
+    0…2³¹−1 (negative, fractional, a string, absurdly large) is a malformed answer, never a price."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+        raise Malformed(f"usage {field} is {value!r}, not a token count")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int

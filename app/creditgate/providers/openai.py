@@ -16,6 +16,7 @@ from httpx_sse import ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from creditgate.providers.base import (
+    MAX_TOKENS,
     Adapter,
     ChatCall,
     Completion,
@@ -26,6 +27,7 @@ from creditgate.providers.base import (
     StreamParser,
     StreamWriter,
     Usage,
+    token_count,
 )
 
 FINISHES: dict[str, Finish] = {
@@ -56,8 +58,8 @@ class Choice(BaseModel):
 class CompletionUsage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    prompt_tokens: int = Field(ge=0)
-    completion_tokens: int = Field(ge=0)
+    prompt_tokens: int = Field(ge=0, le=MAX_TOKENS)
+    completion_tokens: int = Field(ge=0, le=MAX_TOKENS)
     total_tokens: int = Field(ge=0)
 
 
@@ -108,7 +110,10 @@ class OpenAIStreamParser:
 
 
 def _usage(usage: Mapping[str, Any]) -> Usage:
-    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    return Usage(
+        token_count(usage.get("prompt_tokens"), field="prompt_tokens"),
+        token_count(usage.get("completion_tokens"), field="completion_tokens"),
+    )
 
 
 class OpenAIStreamWriter:

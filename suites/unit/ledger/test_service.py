@@ -41,12 +41,26 @@ async def test_hold_then_settle_charges_actual_and_releases_rest(cg_sessionmaker
     assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("987.70")
 
 
-async def test_settle_is_capped_at_the_hold(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+async def test_settle_beyond_the_hold_takes_the_rest_from_the_balance(
+    cg_sessionmaker: SM, cg_funded_user: TestUser
+) -> None:
     hold_id = await _hold(cg_sessionmaker, cg_funded_user, "10", "r1")
     async with cg_sessionmaker() as s, s.begin():
         result = await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal("25"))
-    assert result.charged == Decimal("10.00")
-    assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("990.00")
+    assert result.charged == Decimal("25.00")
+    assert result.released == Decimal("0.00")
+    assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("975.00")
+
+
+async def test_settle_beyond_the_hold_never_takes_the_balance_below_zero(
+    cg_sessionmaker: SM, cg_user_factory: UserFactory
+) -> None:
+    user = await cg_user_factory(credits="12")
+    hold_id = await _hold(cg_sessionmaker, user, "10", "r1")
+    async with cg_sessionmaker() as s, s.begin():
+        result = await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal("25"))
+    assert result.charged == Decimal("12.00")
+    assert await _balance(cg_sessionmaker, user.account_id) == Decimal("0.00")
 
 
 async def test_each_hold_closes_once(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:

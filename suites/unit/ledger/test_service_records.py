@@ -272,10 +272,12 @@ def _counter(name: str) -> float:
 
 
 @pytest.mark.critical
-async def test_a_late_settle_charges_what_the_hold_and_the_balance_allow_and_says_so(
+async def test_a_late_settle_charges_the_full_price_the_balance_allows_and_says_so(
     cg_sessionmaker: SM, cg_user_factory: UserFactory
 ) -> None:
-    user = await cg_user_factory(credits="10")
+    """The sweeper released the hold before the request finished (issue 26, F3): the answer was served, so the
+    whole price is charged from the balance — not capped at the expired hold — and never below zero."""
+    user = await cg_user_factory(credits="20")
 
     async def expired_hold(amount: str, request_id: str) -> int:
         hold_id = await _hold(cg_sessionmaker, user.account_id, amount, request_id, user_id=user.id)
@@ -284,24 +286,24 @@ async def test_a_late_settle_charges_what_the_hold_and_the_balance_allow_and_say
         assert await sweep_once(cg_sessionmaker) == 1
         return hold_id
 
-    capped = await expired_hold("3", "r1")
+    beyond = await expired_hold("3", "r1")
     charged_before = _counter("creditgate_credits_charged_total")
     async with cg_sessionmaker() as s, s.begin():
         result = await ledger.settle_hold(
-            s, hold_id=capped, charge=Decimal("5"), description="m via p", user_id=user.id
+            s, hold_id=beyond, charge=Decimal("5"), description="m via p", user_id=user.id
         )
-    assert result == ledger.SettleResult(Decimal("3.00"), Decimal("0.00"), late=True, balance=Decimal("7.00"))
-    assert _counter("creditgate_credits_charged_total") - charged_before == pytest.approx(3.0)  # a float counter
-    assert (await _entries(cg_sessionmaker, capped))[-1] == (
+    assert result == ledger.SettleResult(Decimal("5.00"), Decimal("0.00"), late=True, balance=Decimal("15.00"))
+    assert _counter("creditgate_credits_charged_total") - charged_before == pytest.approx(5.0)  # a float counter
+    assert (await _entries(cg_sessionmaker, beyond))[-1] == (
         "api_usage",
-        -300,
+        -500,
         user.id,
         "m via p (settled after hold expiry)",
     )
 
     short = await expired_hold("7", "r2")
     async with cg_sessionmaker() as s, s.begin():
-        await ledger.post_entry(s, account_id=user.account_id, amount=Decimal("-5"), type="adjustment")
+        await ledger.post_entry(s, account_id=user.account_id, amount=Decimal("-13"), type="adjustment")
     async with cg_sessionmaker() as s, s.begin():
         result = await ledger.settle_hold(s, hold_id=short, charge=Decimal("6"))
     assert result == ledger.SettleResult(Decimal("2.00"), Decimal("0.00"), late=True, balance=Decimal("0.00"))

@@ -113,7 +113,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
         self.run(go())
         held = self.open.pop(hold_id)
-        self.expected += held - min(charge, held)
+        self.expected += held - min(charge, held + self.expected)  # beyond the hold: what the balance has
 
     @rule(hold_id=consumes(holds))
     def release(self, hold_id: int) -> None:

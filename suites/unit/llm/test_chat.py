@@ -192,12 +192,35 @@ async def test_concurrent_requests_never_overdraw(
     assert await balance(async_client, user) == per_request * 10 - expected_charge(5, 500) * 10
 
 
-async def test_usage_above_the_hold_is_capped_at_the_hold(
+async def test_usage_above_the_hold_is_charged_from_the_balance(
     async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_upstream: FakeProvider
 ) -> None:
-    """An upstream that reports more than the client allowed is charged at most the hold."""
+    """An upstream that served more than the hold bounded (issue 26, F2) is charged in full while the balance
+    lasts: the hold is a reservation, not a price cap."""
     cg_upstream.push(Reply(prompt_tokens=50_000, completion_tokens=900))
     response = await async_client.post(CHAT, json=body(max_tokens=1000), headers=cg_funded_user.headers)
-    hold = expected_charge(pricing.estimate_prompt_tokens(["hello"]), 1000)
-    assert Decimal(response.headers["X-Creditgate-Credits-Charged"]) == hold
-    assert await balance(async_client, cg_funded_user) == Decimal(1000) - hold
+    full = expected_charge(50_000, 900)
+    assert full > expected_charge(pricing.estimate_prompt_tokens(["hello"]), 1000)  # more than was held
+    assert Decimal(response.headers["X-Creditgate-Credits-Charged"]) == full
+    assert await balance(async_client, cg_funded_user) == Decimal(1000) - full
+
+
+async def test_usage_the_balance_cannot_pay_takes_it_to_zero_and_is_recorded_as_unrecovered(
+    async_client: httpx.AsyncClient, cg_user_factory: UserFactory, cg_upstream: FakeProvider, cg_runtime: object
+) -> None:
+    """Beyond the balance nothing more can be taken: the account ends at zero (never below) and the shortfall is
+    on the usage record, never silently dropped."""
+    from sqlalchemy import select
+
+    from creditgate.db.models import UsageRecord
+
+    user = await cg_user_factory(credits=5)
+    cg_upstream.push(Reply(prompt_tokens=500_000, completion_tokens=900))
+    response = await async_client.post(CHAT, json=body(max_tokens=1000), headers=user.headers)
+    assert response.status_code == 200
+    assert Decimal(response.headers["X-Creditgate-Credits-Charged"]) == Decimal(5)
+    assert await balance(async_client, user) == Decimal(0)
+    async with cg_runtime.sessionmaker() as session:  # type: ignore[attr-defined]
+        record = (await session.execute(select(UsageRecord.credits, UsageRecord.unrecovered))).one()
+    assert record.credits == 500
+    assert record.unrecovered == int(expected_charge(500_000, 900) * 100) - 500

@@ -125,6 +125,34 @@ def _message_texts(body: dict[str, Any]) -> list[str]:
     return texts
 
 
+IMAGE_TOKENS = 1600  # what a vendor bills for one large input image (Anthropic: ~1.15 megapixels ≈ 1,600 tokens)
+_IMAGE_BLOCKS = frozenset({"image", "image_url", "input_image"})
+_NOT_PROMPT = frozenset({"model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "stop"})
+
+
+def _everything_tokens(body: dict[str, Any]) -> int:
+    """What a vendor bills as the prompt, read off the body it *received*: the UTF-8 bytes of every string in it
+    (message text, tool definitions, tool calls and results, documents, system blocks, fields nobody modelled) at
+    4 bytes a token, and ``IMAGE_TOKENS`` per image — not the gateway's rule, and blind to nothing."""
+    images = 0
+
+    def strings(value: Any, key: str | None = None) -> int:
+        nonlocal images
+        if isinstance(value, str):
+            return 0 if key in {"type", "role"} else len(value.encode("utf-8", "surrogatepass"))
+        if isinstance(value, dict):
+            if value.get("type") in _IMAGE_BLOCKS:
+                images += 1
+                return 0
+            return sum(strings(v, k) for k, v in value.items())
+        if isinstance(value, list):
+            return sum(strings(v) for v in value)
+        return 0
+
+    size = sum(strings(v, k) for k, v in body.items() if k not in _NOT_PROMPT)
+    return max(1, -(-size // 4)) + IMAGE_TOKENS * images
+
+
 def _prompt_text(body: dict[str, Any]) -> str:
     parts: list[str] = []
     for message in body.get("messages") or []:
@@ -146,6 +174,9 @@ class FakeProvider:
     calls: list[RecordedCall] = field(default_factory=list)
     served: list[ServedCompletion] = field(default_factory=list)
     gate: asyncio.Event | None = None  # when set, calls wait for it before answering
+    # Bill the prompt as a vendor does, from everything received (``_everything_tokens``), instead of from the
+    # messages' text alone: what the adversarial suite's cost-coverage properties hold the gateway to.
+    bill_everything: bool = False
     _script: deque[Reply | Fault] = field(default_factory=deque)
 
     def push(self, *steps: Reply | Fault) -> None:
@@ -270,9 +301,15 @@ class FakeProvider:
             )
         )
 
-    @staticmethod
-    def _usage(body: dict[str, Any], reply: Reply) -> tuple[int, int]:
-        prompt = reply.prompt_tokens if reply.prompt_tokens is not None else _estimate_tokens(_prompt_text(body))
+    def usage_for(self, body: dict[str, Any], reply: Reply | None = None) -> tuple[int, int]:
+        """``(prompt, completion)`` tokens this fake reports for a chat ``body`` it received (with ``reply``, or
+        its default reply): the upstream's side of the books, for tests that check what a request was charged."""
+        return self._usage(body, reply or (self.default if isinstance(self.default, Reply) else Reply()))
+
+    def _usage(self, body: dict[str, Any], reply: Reply) -> tuple[int, int]:
+        prompt = reply.prompt_tokens
+        if prompt is None:
+            prompt = _everything_tokens(body) if self.bill_everything else _estimate_tokens(_prompt_text(body))
         completion = reply.completion_tokens
         if completion is None:
             completion = _estimate_tokens(reply.content)

@@ -1,0 +1,162 @@
+"""What a chat request's prompt may cost: every part of the body the upstream receives, bounded before it is sent.
+
+The hold is the gateway's promise that a request cannot cost more than the caller can pay, so the prompt side of
+it must count *everything* forwarded — not just the text of the messages. ``prompt_bound`` is
+
+- the messages' (and system prompt's) text, by the documented estimate (``pricing.estimate_prompt_tokens``: one
+  token per 3 UTF-8 bytes plus framing) — so a plain-text request is held and charged exactly as before;
+- plus every other part of the body at the same rate over its compact JSON: tool definitions, tool calls and
+  results, documents, structured-output schemas, audio, any field this gateway does not model;
+- plus ``image_input_tokens`` (the catalog's per-image ceiling) for each image, whatever its size or source;
+- nothing for the sampling parameters (``PARAMETERS``), which the upstream does not bill as tokens.
+
+A request whose cost the gateway cannot bound is refused (400 ``unbounded_request``) before anything is held: a
+document or file the upstream fetches itself (a URL, a ``file_id``), server-side tools that add input the client
+never sent (web search and fetch, code execution, MCP servers), and audio output, which the catalog cannot price.
+Unencodable text (a lone UTF-16 surrogate) is refused as ``unencodable_text``; the route guard (``http_guard``)
+normally stops it first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from creditgate.catalog import pricing
+from creditgate.errors import InvalidRequest
+
+# Top-level fields that steer sampling or delivery and are not billed as prompt tokens.
+PARAMETERS = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "max_completion_tokens",
+        "stream",
+        "stream_options",
+        "temperature",
+        "top_p",
+        "top_k",
+        "n",
+        "stop",
+        "stop_sequences",
+        "user",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "service_tier",
+        "parallel_tool_calls",
+        "store",
+        "metadata",
+        "reasoning_effort",
+        "messages",  # counted below, part by part
+        "system",
+    }
+)
+IMAGE_BLOCKS = frozenset({"image", "image_url", "input_image"})
+# Content blocks whose bytes are not in the body: the upstream fetches or expands them itself.
+FETCHED_SOURCES = frozenset({"url", "file"})
+UNBOUNDED_BLOCKS = frozenset({"container_upload", "mcp_tool_use", "server_tool_use"})
+SERVER_TOOL_PREFIXES = ("web_search", "web_fetch", "code_execution", "mcp")
+
+
+def unbounded(what: str, *, param: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"the gateway cannot bound the cost of {what}, so it cannot hold credits for it; send the content inline",
+        code="unbounded_request",
+        param=param,
+    )
+
+
+def unencodable(exc: UnicodeEncodeError) -> InvalidRequest:
+    return InvalidRequest(
+        f"the body holds text that cannot be encoded as UTF-8 ({exc.reason} at position {exc.start})",
+        code="unencodable_text",
+    )
+
+
+def _json_tokens(value: Any) -> int:
+    """The documented rate (one token per 3 UTF-8 bytes, plus one) over a value's compact JSON."""
+    try:
+        return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()) // 3 + 1
+    except UnicodeEncodeError as exc:
+        raise unencodable(exc) from exc
+
+
+def _block_tokens(block: Any, *, image_tokens: int, param: str) -> int:
+    """What one content block costs beyond its ``text`` (which the text estimate already counts)."""
+    if not isinstance(block, Mapping):
+        return _json_tokens(block)
+    kind = block.get("type")
+    if kind in IMAGE_BLOCKS:
+        return image_tokens
+    if kind in UNBOUNDED_BLOCKS:
+        raise unbounded(f"a {kind!r} block", param=param)
+    source = block.get("source")
+    if isinstance(source, Mapping) and source.get("type") in FETCHED_SOURCES:
+        raise unbounded(f"a {kind!r} block the upstream fetches itself (source {source.get('type')!r})", param=param)
+    file = block.get("file")
+    if kind == "file" and isinstance(file, Mapping) and "file_data" not in file:
+        raise unbounded("a file given by id", param=param)
+    if kind == "text":
+        rest = {k: v for k, v in block.items() if k not in {"type", "text", "cache_control"}}
+        return _json_tokens(rest) if rest else 0
+    if kind in {"tool_result", "document"} or isinstance(block.get("content"), list):
+        content = block.get("content")
+        if isinstance(content, list):  # nested blocks: images in a tool result are images too
+            rest = {k: v for k, v in block.items() if k != "content"}
+            return _json_tokens(rest) + sum(_block_tokens(b, image_tokens=image_tokens, param=param) for b in content)
+    return _json_tokens(block)
+
+
+def _message_tokens(message: Any, *, image_tokens: int, param: str) -> int:
+    if not isinstance(message, Mapping):
+        return _json_tokens(message)
+    total = 0
+    for key, value in message.items():
+        if key == "role":
+            continue
+        if key == "content":
+            if isinstance(value, list):
+                total += sum(_block_tokens(b, image_tokens=image_tokens, param=param) for b in value)
+            elif value is not None and not isinstance(value, str):
+                total += _json_tokens(value)
+        else:  # tool_calls, tool_call_id, name, function_call, audio, refusal, …
+            total += _json_tokens(value)
+    return total
+
+
+def _tools_tokens(tools: Any, *, param: str) -> int:
+    if isinstance(tools, list):
+        for tool in tools:
+            kind = tool.get("type") if isinstance(tool, Mapping) else None
+            if isinstance(kind, str) and kind.startswith(SERVER_TOOL_PREFIXES):
+                raise unbounded(f"the server-side tool {kind!r}", param=param)
+    return _json_tokens(tools)
+
+
+def prompt_bound(body: Mapping[str, Any], texts: Iterable[str], *, image_tokens: int) -> int:
+    """The most prompt tokens this body can cost upstream: ``texts`` (the messages' and system prompt's text) by
+    the documented estimate, plus every other part of ``body`` (see the module docstring)."""
+    try:
+        total = pricing.estimate_prompt_tokens(list(texts))
+    except UnicodeEncodeError as exc:
+        raise unencodable(exc) from exc
+    for key, value in body.items():
+        if key == "messages" and isinstance(value, list):
+            total += sum(_message_tokens(m, image_tokens=image_tokens, param="messages") for m in value)
+        elif key == "system":
+            if isinstance(value, list):
+                total += sum(_block_tokens(b, image_tokens=image_tokens, param="system") for b in value)
+        elif key == "tools":
+            total += _tools_tokens(value, param="tools")
+        elif key in {"mcp_servers", "web_search_options"} and value:
+            raise unbounded(f"{key!r}", param=key)
+        elif key in {"audio", "modalities"} and value and (key == "audio" or "audio" in value):
+            raise unbounded("audio output", param=key)
+        elif key not in PARAMETERS:
+            total += _json_tokens(value)
+    return total
