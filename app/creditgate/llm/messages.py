@@ -101,14 +101,16 @@ async def messages(body: MessagesRequest, principal: PrincipalDep, rt: RuntimeDe
 )
 async def count_tokens(body: CountTokensRequest, principal: PrincipalDep, rt: RuntimeDep) -> JSONResponse:
     """The prompt's input tokens: counted by an Anthropic-style provider of the model, else the gateway's
-    (deliberately high) estimate — ``X-Creditgate-Token-Count`` says which. Free, and not a quota call."""
+    (deliberately high) estimate — ``X-Creditgate-Token-Count`` says which. Free, and not a quota call: the
+    vendor is asked with the operator's key at most a small burst of times per caller (then the estimate),
+    and a count that fails never counts against the provider's circuit (providers/pool.py)."""
     model = rt.catalog.model(body.model)
     if model.per_image is not None:
         raise InvalidRequest(f"{model.id} is an image model", param="model")
     call = body.call(max_tokens=model.default_max_tokens)
     try:
         served = await rt.providers.count_tokens(
-            model=model, call=call, timeout=rt.settings.upstream_timeout_seconds, user_keys={}
+            model=model, call=call, timeout=rt.settings.upstream_timeout_seconds, caller=principal.quota_subject
         )
     except ProviderUnavailable:
         return JSONResponse({"input_tokens": body.prompt_estimate()}, headers={"X-Creditgate-Token-Count": "estimate"})

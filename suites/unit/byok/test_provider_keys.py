@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from creditgate.db.models import ProviderKey
-from creditgate_harness.fakes.providers import FakeProvider, Reply
+from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
 from creditgate_harness.gateway import TestUser
 
 KEYS = "/user/provider-keys"
@@ -67,3 +68,37 @@ async def test_byok_with_no_credits_still_works(async_client: httpx.AsyncClient,
     assert (await async_client.post("/v1/chat/completions", json=BODY, headers=broke.headers)).status_code == 402
     await async_client.post(KEYS, json={"provider": "fake", "api_key": "sk-user-own-key-1234"}, headers=broke.headers)
     assert (await async_client.post("/v1/chat/completions", json=BODY, headers=broke.headers)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [
+        (Fault.status_code(401), 400, "byok_key_rejected"),
+        (Fault.status_code(403), 400, "byok_key_rejected"),
+        (Fault.rate_limited(retry_after=7), 429, "byok_rate_limited"),
+    ],
+    ids=["401", "403", "429"],
+)
+async def test_a_key_the_vendor_refuses_is_the_users_4xx_naming_it_and_the_operators_key_is_not_tried(
+    async_client: httpx.AsyncClient,
+    cg_funded_user: TestUser,
+    cg_upstream: FakeProvider,
+    fault: Fault,
+    status: int,
+    code: str,
+) -> None:
+    await async_client.post(
+        KEYS, json={"provider": "fake", "api_key": "sk-user-own-key-1234"}, headers=cg_funded_user.headers
+    )
+    cg_upstream.default = fault
+    for path in ("/v1/chat/completions", "/v1/messages"):
+        response = await async_client.post(path, json=BODY, headers=cg_funded_user.headers)
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["provider"], error["key_last4"]) == (code, "fake", "1234")
+        assert "…1234" in error["message"]
+        assert "sk-user-own-key" not in response.text
+        if status == 429:
+            assert response.headers["Retry-After"] == "7"
+    assert [c.headers["authorization"] for c in cg_upstream.calls] == ["Bearer sk-user-own-key-1234"] * 2
+    assert (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"] == "1000.00"
