@@ -6,6 +6,7 @@ Anthropic's envelope (errors_http.py) and a stream's final ``message_delta`` car
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -14,14 +15,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from creditgate.auth.deps import PrincipalDep, RuntimeDep
-from creditgate.catalog import pricing
+from creditgate.catalog.service import ModelConfig
 from creditgate.errors import InvalidRequest, ProviderUnavailable
 from creditgate.errors_http import ERROR_RESPONSES
 from creditgate.llm import relay
+from creditgate.llm.bounds import prompt_bound
 from creditgate.providers.anthropic import Message
 from creditgate.providers.base import ChatCall, Turn
 
 router = APIRouter(prefix="/v1", tags=["inference"])
+IMAGE_TOKENS = ModelConfig.model_fields["image_input_tokens"].default
 SSE = {"text/event-stream": {"schema": {"type": "string", "description": "Anthropic message stream events"}}}
 
 
@@ -49,8 +52,13 @@ class CountTokensRequest(BaseModel):
             return "".join(str(b.get("text", "")) for b in self.system)
         return self.system or ""
 
-    def prompt_estimate(self) -> int:
-        return pricing.estimate_prompt_tokens([self.system_text()] + [m.text() for m in self.messages])
+    def prompt_estimate(self, native: Mapping[str, Any] | None = None, *, image_tokens: int = IMAGE_TOKENS) -> int:
+        """The most prompt tokens this request (``native``: its dump, as ``call`` forwards it) can cost upstream:
+        every part the upstream receives (llm/bounds.py)."""
+        texts = [self.system_text()] + [m.text() for m in self.messages]
+        return prompt_bound(
+            self.model_dump(exclude_none=True) if native is None else native, texts, image_tokens=image_tokens
+        )
 
     def call(self, *, max_tokens: int) -> ChatCall:
         return ChatCall(
@@ -63,10 +71,10 @@ class CountTokensRequest(BaseModel):
 
 
 class MessagesRequest(CountTokensRequest):
-    max_tokens: int = Field(ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int = Field(ge=1, strict=True)
+    temperature: float | None = Field(default=None, ge=0, le=1, strict=True)
     stop_sequences: list[str] | None = None
-    stream: bool = False
+    stream: bool = Field(default=False, strict=True)
 
     def call(self, *, max_tokens: int) -> ChatCall:
         return replace(
@@ -87,10 +95,11 @@ async def messages(body: MessagesRequest, principal: PrincipalDep, rt: RuntimeDe
     """Anthropic-style messages; credits held and settled exactly like chat completions."""
     model, max_tokens = relay.chat_model(rt.catalog, body.model, max_tokens=body.max_tokens)
     call = body.call(max_tokens=max_tokens)
+    estimate = body.prompt_estimate(call.native, image_tokens=model.image_input_tokens)
     if body.stream:
-        stream = await relay.stream(rt, principal, model, call, prompt_estimate=body.prompt_estimate())
+        stream = await relay.stream(rt, principal, model, call, prompt_estimate=estimate)
         return StreamingResponse(stream.chunks, media_type="text/event-stream", headers=stream.headers)
-    result = await relay.complete(rt, principal, model, call, prompt_estimate=body.prompt_estimate())
+    result = await relay.complete(rt, principal, model, call, prompt_estimate=estimate)
     return JSONResponse(result.body, headers=result.headers)
 
 

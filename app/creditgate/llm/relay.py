@@ -23,6 +23,7 @@ Charging rules (``billed`` is the only place they are written down)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -129,13 +130,16 @@ async def stream(
 ) -> Streamed:
     """Open the upstream stream (failover happens before the first byte) and meter what flows through."""
     meter = await Meter.open(rt, principal, model, prompt_estimate=prompt_estimate, max_tokens=call.max_tokens)
+    lease = _Lease(meter)
     try:
         upstream = await rt.providers.stream(
             model=model, call=call, timeout=rt.settings.upstream_timeout_seconds, user_keys=meter.user_keys
         )
     except BaseException:
+        lease.end()
         await meter.release()
         raise
+    lease.opened()
     writer = ADAPTERS[call.protocol].stream_writer(
         model=model.id, call=call, upstream=upstream.kind, prompt_estimate=prompt_estimate
     )
@@ -144,6 +148,7 @@ async def stream(
     async def settle(usage: Usage | None, delivered: list[str], outcome: str) -> Usage:
         """Charge what was delivered (``Meter.settle`` is shielded from cancellation), then let the upstream go."""
         tokens = billed(usage, prompt_estimate=prompt_estimate, text="".join(delivered), streamed=True)
+        lease.end()
         try:
             await meter.settle(
                 charge=meter.price(prompt_tokens=tokens.prompt_tokens, completion_tokens=tokens.completion_tokens),
@@ -165,18 +170,12 @@ async def stream(
         usage: Usage | None = None
         done, settling = False, False
         closing = b""  # the upstream's own end-of-stream event, held back until the charge has committed
-        # A stream renews its hold while it runs (a third of the TTL at a time), so the sweeper never takes the
-        # hold of a live stream and spends the credits again; only a stream whose worker died loses it.
-        renew_every = rt.settings.hold_ttl_seconds / 3
-        renew_at = time.monotonic() + renew_every
+        lease.relaying()
         try:
             if opening := writer.start():
                 yield opening
             try:
                 async for delta in upstream.deltas():
-                    if time.monotonic() >= renew_at:
-                        renew_at = time.monotonic() + renew_every
-                        await meter.renew()
                     delivered.append(delta.text)
                     usage = delta.usage or usage
                     out = writer.write(delta)
@@ -200,6 +199,43 @@ async def stream(
 
     headers = _headers(meter, call.protocol, provider=upstream.provider) | {"Cache-Control": "no-cache"}
     return Streamed(relay(), headers)
+
+
+class _Lease:
+    """A stream renews its hold while it runs — a third of the TTL at a time, from a task of its own, so a silent
+    upstream (a model thinking before its first token) keeps it too. The sweeper then never takes the hold of a
+    live stream and lets the same credits be spent again; only a stream whose worker died loses its hold, and a
+    settle after that still charges the full price from the balance. Renewal stops when the stream settles, or
+    if the client never starts reading the stream one period after it opened (the hold then expires as before).
+    """
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter, self.phase, self.since = meter, "opening", time.monotonic()
+        self.task: asyncio.Task[None] | None = None
+        if meter.hold_id is not None:
+            self.task = asyncio.create_task(self._renew(meter.rt.settings.hold_ttl_seconds / 3))
+
+    def opened(self) -> None:
+        self.phase, self.since = "opened", time.monotonic()
+
+    def relaying(self) -> None:
+        self.phase = "relaying"
+
+    def end(self) -> None:
+        self.phase = "done"
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _renew(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            if self.phase == "done" or (self.phase == "opened" and time.monotonic() - self.since >= every):
+                return
+            try:
+                if not await self.meter.renew():
+                    return
+            except Exception:  # the database is away: the settle's retries and the late-settle rule take over
+                log.warning("renewing hold %s failed", self.meter.hold_id, exc_info=True)
 
 
 async def images(
