@@ -7,8 +7,9 @@ compares with what they do say:
 
 - **charges** = the catalog price of what the upstream served for that account's answered requests, priced by the
   gateway's documented rules (README, "Charging rules"): the upstream's usage when it sent one; else the prompt
-  estimate plus an estimate of the text delivered (nothing when no text was delivered); never above the hold
-  (prompt estimate + ``max_tokens`` at the output price); rounded up to the credit increment. A request that
+  estimate plus an estimate of the text delivered (nothing when no text was delivered); rounded up to the credit
+  increment — and *not* capped at the hold: the hold is the gateway's reservation, not a price, so an oracle that
+  capped at it would repeat the rule that let unheld prompt parts ride free (issue 26). A request that
   failed (402, 429, any other 4xx or 5xx) costs 0. A request without a definite outcome (no answer, a stream
   broken off on the client side — e.g. the worker was killed) may have been charged or not: it widens the allowed
   range by its price, as Jepsen treats indeterminate operations;
@@ -121,11 +122,8 @@ class Served:
             prompt, completion = prompt_estimate, estimate_tokens([self.content])
         else:
             return ZERO
-        charge = pricing.credits(self.model, prompt_tokens=prompt, completion_tokens=completion)
-        if self.max_tokens is not None:  # never above the hold
-            hold = pricing.credits(self.model, prompt_tokens=prompt_estimate, completion_tokens=self.max_tokens)
-            charge = min(charge, hold)
-        return charge
+        # No cap at the hold: a hold is a reservation, not a price. What the upstream served is what is owed.
+        return pricing.credits(self.model, prompt_tokens=prompt, completion_tokens=completion)
 
 
 @dataclass(frozen=True)

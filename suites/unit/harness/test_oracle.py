@@ -64,9 +64,9 @@ def test_the_pricing_follows_the_charging_rules() -> None:
     assert served("r", "1", usage_sent=False).price(PRICING) > D("0.02")
     # a stream cut before any text: nothing
     assert served("r", "1", stream=True, usage_sent=False, content="").price(PRICING) == D("0.00")
-    # never above the hold: usage larger than max_tokens allows is capped
-    capped = served("r", "1", completion_tokens=10_000, max_tokens=5)
-    assert capped.price(PRICING) < served("r", "1", completion_tokens=10_000).price(PRICING)
+    # not capped at the hold (issue 26): what the upstream served is owed, whatever max_tokens said
+    beyond = served("r", "1", completion_tokens=10_000, max_tokens=5)
+    assert beyond.price(PRICING) == served("r", "1", completion_tokens=10_000).price(PRICING) == D("15.01")
 
 
 def test_books_that_match_what_happened_pass() -> None:
@@ -154,7 +154,12 @@ def _charge_the_whole_hold(monkeypatch: pytest.MonkeyPatch) -> None:
     real = ledger_service.settle_hold
 
     async def settle_hold(session: Any, *, hold_id: int, charge: Decimal, **kw: Any) -> Any:
-        return await real(session, hold_id=hold_id, charge=Decimal(10**6), **kw)  # capped at the hold
+        from sqlalchemy import select
+
+        from creditgate.db.models import Hold
+
+        held = await session.scalar(select(Hold.amount).where(Hold.id == hold_id))
+        return await real(session, hold_id=hold_id, charge=Decimal(held) / 100, **kw)
 
     monkeypatch.setattr(ledger_service, "settle_hold", settle_hold)
 
