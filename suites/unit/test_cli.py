@@ -268,3 +268,14 @@ def test_create_key_demo_targets_the_demo_database(tmp_path: Path) -> None:
     report = audit_url(f"sqlite+aiosqlite:///{demo_db}")
     assert report.ok
     assert report.entries == 1
+
+
+@pytest.mark.parametrize("args", [("--help",), ("migrate", "--demo")])
+def test_a_missing_prometheus_multiproc_dir_is_one_line_and_exit_2(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Issue 26, F11: a traceback and exit 1 before, even for --help."""
+    missing = tmp_path / "nope"
+    ran = cli_process(*args, cwd=tmp_path, env={"PROMETHEUS_MULTIPROC_DIR": str(missing)})
+    assert ran.returncode == 2
+    assert ran.stderr == (
+        f"creditgate: PROMETHEUS_MULTIPROC_DIR: {missing} is not a directory — create it (empty) or unset it\n"
+    )

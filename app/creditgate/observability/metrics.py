@@ -19,6 +19,7 @@ counters are floats, as Prometheus samples are; the ledger, not these, is the re
 from __future__ import annotations
 
 import os
+import sys
 from decimal import Decimal
 from typing import Any
 
@@ -42,6 +43,18 @@ from creditgate.observability import context
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: half the exposition, nothing an operator reads
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _require_multiprocess_dir() -> None:
+    """prometheus-client opens files in this directory as the metrics below are created, at import: a missing one
+    is a traceback from any entry point (even ``creditgate --help``). One line and exit 2, as every bad setting."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if path and not os.path.isdir(path):
+        sys.stderr.write(f"creditgate: {MULTIPROC_ENV}: {path} is not a directory — create it (empty) or unset it\n")
+        raise SystemExit(2)
+
+
+_require_multiprocess_dir()
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 REQUESTS = Counter("creditgate_requests", "HTTP requests answered", ["route", "method", "status", "model", "provider"])
