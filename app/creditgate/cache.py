@@ -37,6 +37,7 @@ class TTLCache(Generic[V]):
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._data: dict[str, tuple[float, V]] = {}
+        self.generation = 0  # counts drops: read it before a lookup, pass it to ``put`` as ``since``
 
     def get(self, key: str) -> V | None:
         hit = self._data.get(key)
@@ -44,12 +45,15 @@ class TTLCache(Generic[V]):
             return None
         return hit[1]
 
-    def put(self, key: str, value: V) -> V:
-        if self.ttl > 0:
+    def put(self, key: str, value: V, *, since: int | None = None) -> V:
+        """Cache ``value`` (and return it); not if anything was dropped since ``generation`` was ``since``: the
+        value was read before that change committed, and caching it would undo the drop for ``ttl`` seconds."""
+        if self.ttl > 0 and (since is None or since == self.generation):
             self._data[key] = (time.monotonic() + self.ttl, value)
         return value
 
     def drop(self, key: str) -> None:
+        self.generation += 1
         if key == ALL:
             self._data.clear()
         else:

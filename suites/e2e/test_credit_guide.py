@@ -117,11 +117,13 @@ async def test_org_user_spends_the_org_allocation_with_attribution(
         for _ in range(2):
             assert (await gateway.post("/admin/credits", json=grant, headers=cg_admin_user.headers)).status_code == 200
         assert (await gateway.get(f"/orgs/{org['id']}", headers=owner.headers)).json()["balance"] == "100.00"
-    with cg_flow.step("the member joins with an allocation of 300"):
-        added = await gateway.post(
-            f"/orgs/{org['id']}/members", json={"email": member.email, "allocation": "300"}, headers=owner.headers
+    with cg_flow.step("the owner invites the member with an allocation of 300; the member accepts"):
+        invited = await gateway.post(
+            f"/orgs/{org['id']}/invitations", json={"email": member.email, "allocation": "300"}, headers=owner.headers
         )
-        assert added.status_code == 201, added.text
+        assert invited.status_code == 201, invited.text
+        accepted = await gateway.post(f"/user/invitations/{invited.json()['id']}/accept", headers=member.headers)
+        assert accepted.status_code == 200, accepted.text
     with cg_flow.step("the member's request debits the org, not their own 50 credits, and is attributed to them"):
         response = await gateway.post(CHAT, json=BODY, headers=member.headers)
         assert response.status_code == 200, response.text

@@ -29,13 +29,15 @@ async def test_org_flow_quota_and_increment_across_workers(
 ) -> None:
     a, b = (httpx.AsyncClient(base_url=s.url, timeout=30) for s in two_workers)
     owner, member, loner = await cg_user_factory(), await cg_user_factory(), await cg_user_factory(credits=1000)
-    # Org: bought by admin grant, allocation, a member's request debits the org and is attributed.
+    # Org: bought by admin grant, an invitation accepted (on the other worker), a member's request debits the org.
     org = (await a.post("/orgs", json={"name": "Acme"}, headers=owner.headers)).json()
     grant = {"org_id": org["id"], "amount": "10000", "idempotency_key": "acme-1"}
     assert (await b.post("/admin/credits", json=grant, headers=cg_admin_user.headers)).status_code == 200
-    await a.post(
-        f"/orgs/{org['id']}/members", json={"email": member.email, "allocation": "2500"}, headers=owner.headers
+    invited = await a.post(
+        f"/orgs/{org['id']}/invitations", json={"email": member.email, "allocation": "2500"}, headers=owner.headers
     )
+    accepted = await b.post(f"/user/invitations/{invited.json()['id']}/accept", headers=member.headers)
+    assert accepted.status_code == 200, accepted.text
     cg_upstream.push(Reply(prompt_tokens=1000, completion_tokens=5750))
     body = {**BODY, "model": "gpt-4o", "max_tokens": 6000, "messages": [{"role": "user", "content": "w " * 2000}]}
     assert (await b.post(CHAT, json=body, headers=member.headers)).headers["X-Creditgate-Credits-Charged"] == "9.00"

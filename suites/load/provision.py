@@ -132,12 +132,15 @@ def provision(
     def member(j: int) -> dict[str, Any]:
         email = f"load-{run_id}-m{j}@load.invalid"
         made = person(email, credits=None)
-        seat = {"email": email, "allocation": str(allocation)}
-        if made["org_id"] is None:
-            admin.call("POST", f"/orgs/{done.org_id}/members", json=seat, ok=(201, 409))
+        member_key = key(email)
+        if made["org_id"] is None:  # joining is by consent: invited (admin key), accepted with the member's own key
+            seat = {"email": email, "allocation": str(allocation)}
+            invitation = admin.call("POST", f"/orgs/{done.org_id}/invitations", json=seat)
+            accept = f"/user/invitations/{invitation['id']}/accept"
+            admin.call("POST", accept, headers={"Authorization": f"Bearer {member_key}"}, ok=(200, 409))
         else:  # seated by an earlier run of the same id: set the allocation again
             admin.call("PUT", f"/orgs/{done.org_id}/members/{made['user_id']}", json={"allocation": str(allocation)})
-        return {"email": email, "key": key(email), "account": done.org_account}
+        return {"email": email, "key": member_key, "account": done.org_account}
 
     with ThreadPoolExecutor(parallel) as pool:
         done.users = list(pool.map(user, range(users)))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -18,6 +18,7 @@ from creditgate.errors import Conflict
 from creditgate.ledger import service as ledger
 
 KEY_PREFIX = "cg_"
+RETIRED = "former"  # a seat's role once its member left or was removed (creditgate.orgs.service): no member
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +92,12 @@ async def authenticate_cached(
     digest = hash_key(key)
     found: tuple[Principal, datetime | None] | None = caches.principal.get(digest)
     if found is None:
+        since = caches.principal.generation  # a change committed during the lookup must not be cached over
         async with sessionmaker() as session:
             found = await _lookup(session, digest)
         if found is None:
             return None
-        caches.principal.put(digest, found)
+        caches.principal.put(digest, found, since=since)
     return found[0] if _valid(found[1]) else None
 
 
@@ -120,7 +122,7 @@ async def _lookup(session: AsyncSession, digest: str) -> tuple[Principal, dateti
             )
             .join(ApiKey, ApiKey.user_id == User.id)
             .join(Account, Account.user_id == User.id)
-            .outerjoin(Membership, Membership.user_id == User.id)
+            .outerjoin(Membership, and_(Membership.user_id == User.id, Membership.role != RETIRED))
             .outerjoin(org_account, org_account.org_id == Membership.org_id)
             .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
         )
@@ -143,7 +145,7 @@ async def principal_for(
         await session.execute(
             select(Membership.id, Membership.org_id, Membership.role, Account.id.label("org_account"))
             .join(Account, Account.org_id == Membership.org_id)
-            .where(Membership.user_id == user_id)
+            .where(Membership.user_id == user_id, Membership.role != RETIRED)
         )
     ).one_or_none()
     if member is None:

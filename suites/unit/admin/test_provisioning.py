@@ -118,11 +118,15 @@ async def test_an_org_is_provisioned_once_for_its_owner(
     assert other.status_code == 409
     owner = await async_client.put("/admin/users", json={"email": "run1-owner@load.test"}, headers=h)
     assert owner.json()["org_id"] == first.json()["org_id"]
-    # Members are added with the existing org route, which an admin key may call.
+    # Members are invited with the existing org route, which an admin key may call; each accepts with their key.
     await async_client.put("/admin/users", json={"email": "run1-m0@load.test"}, headers=h)
     member = {"email": "run1-m0@load.test", "allocation": "5"}
-    added = await async_client.post(f"/orgs/{first.json()['org_id']}/members", json=member, headers=h)
-    assert added.status_code == 201, added.text
+    invited = await async_client.post(f"/orgs/{first.json()['org_id']}/invitations", json=member, headers=h)
+    assert invited.status_code == 201, invited.text
+    key = (await async_client.post("/admin/keys", json={"email": "run1-m0@load.test"}, headers=h)).json()["key"]
+    accept = f"/user/invitations/{invited.json()['id']}/accept"
+    accepted = await async_client.post(accept, headers={"Authorization": f"Bearer {key}"})
+    assert accepted.status_code == 200, accepted.text
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)

@@ -29,10 +29,12 @@ async def test_joining_an_org_charges_the_org_from_the_next_request(
     grant = {"org_id": org["id"], "amount": "100", "idempotency_key": "seed-acme", "reason": "test"}
     assert (await async_client.post("/admin/credits", json=grant, headers=cg_admin_user.headers)).status_code == 200
     assert (await async_client.post(CHAT, json=BODY, headers=member.headers)).status_code == 200  # cached now
-    added = await async_client.post(
-        f"/orgs/{org['id']}/members", json={"email": member.email, "allocation": "10"}, headers=owner.headers
+    invited = await async_client.post(
+        f"/orgs/{org['id']}/invitations", json={"email": member.email, "allocation": "10"}, headers=owner.headers
     )
-    assert added.status_code == 201, added.text
+    assert invited.status_code == 201, invited.text
+    accepted = await async_client.post(f"/user/invitations/{invited.json()['id']}/accept", headers=member.headers)
+    assert accepted.status_code == 200, accepted.text
 
     charged = await async_client.post(CHAT, json=BODY, headers=member.headers)
 

@@ -15,7 +15,7 @@ from creditgate.db.models import Hold, Membership
 from creditgate.ledger import service as ledger
 from creditgate.orgs.service import org_account_id
 from creditgate_harness.gateway import TestUser, UserFactory
-from suites.unit.orgs.test_orgs import CHAT, chat, make_org
+from suites.unit.orgs.test_orgs import CHAT, chat, join, make_org
 
 SM = async_sessionmaker[AsyncSession]
 
@@ -36,10 +36,7 @@ async def test_joining_and_founding_reach_the_next_request(
     assert founder.json()["error"]["reason"] == "no_allocation"
 
     balance = (await async_client.get("/user/balance", headers=member.headers)).json()["balance"]
-    added = await async_client.post(
-        f"/orgs/{org_id}/members", json={"email": member.email, "allocation": "50"}, headers=owner.headers
-    )
-    assert added.status_code == 201
+    await join(async_client, org_id, owner, member, "50")
     assert (await async_client.post(CHAT, json=chat(10), headers=member.headers)).status_code == 200
     assert (await async_client.get("/user/balance", headers=member.headers)).json()["balance"] == balance
     assert (await async_client.get(f"/orgs/{org_id}", headers=owner.headers)).json()["balance"] != "100.00"
@@ -51,8 +48,7 @@ async def test_the_members_list_in_joining_order(
     owner, first, second = await cg_user_factory(), await cg_user_factory(), await cg_user_factory()
     org_id = await make_org(async_client, owner, cg_admin_user, "10")
     for user, allocation, role in ((second, "7.5", "admin"), (first, "5", "member")):
-        body = {"email": user.email, "allocation": allocation, "role": role}
-        assert (await async_client.post(f"/orgs/{org_id}/members", json=body, headers=owner.headers)).is_success
+        await join(async_client, org_id, owner, user, allocation, role)
     org = (await async_client.get(f"/orgs/{org_id}", headers=first.headers)).json()
     assert [(m["user_id"], m["role"], m["allocation"], m["used"]) for m in org["members"]] == [
         (owner.id, "admin", "0.00", "0.00"),
@@ -71,8 +67,7 @@ async def test_a_member_with_a_request_in_flight_cannot_be_removed(
     owner, leaving, staying = await cg_user_factory(), await cg_user_factory(), await cg_user_factory()
     org_id = await make_org(async_client, owner, cg_admin_user, "100")
     for user in (leaving, staying):
-        body = {"email": user.email, "allocation": "20"}
-        await async_client.post(f"/orgs/{org_id}/members", json=body, headers=owner.headers)
+        await join(async_client, org_id, owner, user, "20")
     async with cg_sessionmaker() as s:
         seats = {m.user_id: m for m in await s.scalars(select(Membership).where(Membership.org_id == org_id))}
     holds = {}
@@ -106,9 +101,7 @@ async def test_every_org_refusal_says_what_and_why(
     other_owner = await cg_user_factory()
     org_id = await make_org(async_client, owner, cg_admin_user, "10")
     other_org = await make_org(async_client, other_owner, cg_admin_user, "10")
-    await async_client.post(
-        f"/orgs/{org_id}/members", json={"email": member.email, "allocation": "1"}, headers=owner.headers
-    )
+    await join(async_client, org_id, owner, member, "1")
 
     def members(org: int) -> str:
         return f"/orgs/{org}/members"
@@ -128,16 +121,32 @@ async def test_every_org_refusal_says_what_and_why(
         409,
         "you already belong to an organization",
     )
-    nobody = {"email": "nobody@example.test", "allocation": "1"}
-    assert await _error(await async_client.post(members(org_id), json=nobody, headers=owner.headers)) == (
-        404,
-        "no user with email 'nobody@example.test'; they must sign up first",
-    )
+    # Inviting tells the inviter nothing about the email; the one who cannot join hears why when accepting.
     taken = {"email": other_owner.email, "allocation": "1"}
-    assert await _error(await async_client.post(members(org_id), json=taken, headers=owner.headers)) == (
-        409,
-        f"{other_owner.email} already belongs to an organization",
+    invited = await async_client.post(f"/orgs/{org_id}/invitations", json=taken, headers=owner.headers)
+    assert invited.status_code == 201
+    invitation = invited.json()["id"]
+    assert await _error(
+        await async_client.post(f"/user/invitations/{invitation}/accept", headers=other_owner.headers)
+    ) == (409, "you already belong to an organization; leave it before accepting")
+    assert await _error(
+        await async_client.post(f"/user/invitations/{invitation}/accept", headers=outsider.headers)
+    ) == (404, f"you have no pending invitation {invitation}")
+    assert await _error(await async_client.post(f"/orgs/{org_id}/invitations", json=taken, headers=member.headers)) == (
+        403,
+        "only an organization admin can do this",
     )
+    assert await _error(await async_client.delete(f"{members(org_id)}/me", headers=owner.headers)) == (
+        409,
+        "the organization's last admin cannot step down while it has other members; make one an admin",
+    )
+    assert await _error(await async_client.delete(f"{members(org_id)}/me", headers=outsider.headers)) == (
+        403,
+        "you are not a member of this organization",
+    )
+    assert await _error(
+        await async_client.delete(f"/orgs/{org_id}/invitations/{invitation + 1000}", headers=owner.headers)
+    ) == (404, f"organization {org_id} has no invitation {invitation + 1000}")
     for user in (outsider, other_owner):  # not a member here: nobody, or someone else's member
         assert await _error(
             await async_client.put(f"{members(org_id)}/{user.id}", json={"allocation": "5"}, headers=owner.headers)

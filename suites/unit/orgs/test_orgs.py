@@ -25,16 +25,25 @@ async def make_org(client: httpx.AsyncClient, owner: TestUser, admin: TestUser, 
     return int(org["id"])
 
 
+async def join(
+    client: httpx.AsyncClient, org_id: int, inviter: TestUser, member: TestUser, allocation: str, role: str = "member"
+) -> httpx.Response:
+    """``inviter`` invites ``member`` with ``allocation``; ``member`` accepts. Returns the acceptance (the org)."""
+    body = {"email": member.email, "allocation": allocation, "role": role}
+    invited = await client.post(f"/orgs/{org_id}/invitations", json=body, headers=inviter.headers)
+    assert invited.status_code == 201, invited.text
+    accepted = await client.post(f"/user/invitations/{invited.json()['id']}/accept", headers=member.headers)
+    assert accepted.status_code == 200, accepted.text
+    return accepted
+
+
 @pytest.mark.critical
 async def test_member_spends_org_credits_within_allocation(
     async_client: httpx.AsyncClient, cg_user_factory: UserFactory, cg_admin_user: TestUser, cg_upstream: FakeProvider
 ) -> None:
     owner, member = await cg_user_factory(credits=50), await cg_user_factory(credits=50)
     org_id = await make_org(async_client, owner, cg_admin_user, "10000")
-    added = await async_client.post(
-        f"/orgs/{org_id}/members", json={"email": member.email, "allocation": "2500"}, headers=owner.headers
-    )
-    assert added.status_code == 201
+    await join(async_client, org_id, owner, member, "2500")
     # 9 credits: gpt-4o, 1,000 prompt + 5,750 completion tokens ($0.0025 / $0.01 per 1K) = $0.06 × 1.5.
     cg_upstream.push(Reply(prompt_tokens=1000, completion_tokens=5750))
     response = await async_client.post(
@@ -72,9 +81,7 @@ async def test_refusals_say_which_limit(
 ) -> None:
     owner, member = await cg_user_factory(), await cg_user_factory(credits=1000)
     org_id = await make_org(async_client, owner, cg_admin_user, org_credits)
-    await async_client.post(
-        f"/orgs/{org_id}/members", json={"email": member.email, "allocation": allocation}, headers=owner.headers
-    )
+    await join(async_client, org_id, owner, member, allocation)
     response = await async_client.post(CHAT, json=chat(), headers=member.headers)
     assert response.status_code == 402
     error = response.json()["error"]
@@ -89,30 +96,37 @@ async def test_leaving_the_org_falls_back_to_own_credits(
 ) -> None:
     owner, member = await cg_user_factory(), await cg_user_factory(credits=100)
     org_id = await make_org(async_client, owner, cg_admin_user, "100")
-    await async_client.post(
-        f"/orgs/{org_id}/members", json={"email": member.email, "allocation": "0"}, headers=owner.headers
-    )
+    await join(async_client, org_id, owner, member, "0")
     assert (await async_client.post(CHAT, json=chat(), headers=member.headers)).status_code == 402
     assert (await async_client.delete(f"/orgs/{org_id}/members/{member.id}", headers=owner.headers)).status_code == 204
     assert (await async_client.post(CHAT, json=chat(), headers=member.headers)).status_code == 200
     assert (await async_client.get("/user/balance", headers=member.headers)).json()["balance"] != "100.00"
+    # Invited back, they may leave on their own too.
+    await join(async_client, org_id, owner, member, "0")
+    assert (await async_client.post(CHAT, json=chat(), headers=member.headers)).status_code == 402
+    assert (await async_client.delete(f"/orgs/{org_id}/members/me", headers=member.headers)).status_code == 204
+    assert (await async_client.post(CHAT, json=chat(), headers=member.headers)).status_code == 200
 
 
 async def test_roles(async_client: httpx.AsyncClient, cg_user_factory: UserFactory, cg_admin_user: TestUser) -> None:
     owner, member, outsider = await cg_user_factory(), await cg_user_factory(), await cg_user_factory()
     org_id = await make_org(async_client, owner, cg_admin_user, "10")
-    await async_client.post(
-        f"/orgs/{org_id}/members", json={"email": member.email, "allocation": "1"}, headers=owner.headers
-    )
+    await join(async_client, org_id, owner, member, "1")
     as_member = await async_client.put(
         f"/orgs/{org_id}/members/{member.id}", json={"allocation": "5"}, headers=member.headers
     )
     assert as_member.status_code == 403
     assert (await async_client.get(f"/orgs/{org_id}", headers=outsider.headers)).status_code == 403
     assert (await async_client.get("/orgs/999", headers=owner.headers)).status_code == 404
-    dup = await async_client.post(
-        f"/orgs/{org_id}/members", json={"email": member.email, "allocation": "1"}, headers=owner.headers
+    as_member = await async_client.post(
+        f"/orgs/{org_id}/invitations", json={"email": outsider.email, "allocation": "1"}, headers=member.headers
     )
+    assert as_member.status_code == 403
+    again = await async_client.post(
+        f"/orgs/{org_id}/invitations", json={"email": member.email, "allocation": "1"}, headers=owner.headers
+    )
+    assert again.status_code == 201  # the inviter cannot tell; the member hears it when accepting
+    dup = await async_client.post(f"/user/invitations/{again.json()['id']}/accept", headers=member.headers)
     assert dup.status_code == 409
     ok = await async_client.put(f"/orgs/{org_id}/members/{member.id}", json={"allocation": "5"}, headers=owner.headers)
     assert next(m for m in ok.json()["members"] if m["user_id"] == member.id)["allocation"] == "5.00"
@@ -138,9 +152,7 @@ async def test_concurrent_members_cannot_overdraw_org_or_allocation(
     members = [await cg_user_factory() for _ in range(5)]
     org_id = await make_org(async_client, owner, cg_admin_user, org_credits)
     for m in members:
-        await async_client.post(
-            f"/orgs/{org_id}/members", json={"email": m.email, "allocation": "0.80"}, headers=owner.headers
-        )
+        await join(async_client, org_id, owner, m, "0.80")
     cg_upstream.gate = asyncio.Event()
     tasks = [
         asyncio.create_task(async_client.post(CHAT, json=chat(), headers=m.headers)) for m in members for _ in range(4)
@@ -168,10 +180,7 @@ async def test_one_members_overlapping_requests_never_deadlock(
     """
     owner, member = await cg_user_factory(), await cg_user_factory()
     org_id = await make_org(async_client, owner, cg_admin_user, "10000")
-    added = await async_client.post(
-        f"/orgs/{org_id}/members", json={"email": member.email, "allocation": "1000"}, headers=owner.headers
-    )
-    assert added.status_code == 201
+    await join(async_client, org_id, owner, member, "1000")
     cg_upstream.default = Reply(prompt_tokens=10, completion_tokens=10)
     for _ in range(3):
         responses = await asyncio.gather(
