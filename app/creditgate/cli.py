@@ -145,6 +145,15 @@ def serve(args: argparse.Namespace) -> None:
     startup.check_port(args.host, args.port)
     if settings.metrics_enabled and settings.metrics_port:
         startup.check_port(settings.metrics_host, settings.metrics_port, option="CREDITGATE_METRICS_PORT")
+    asyncio.run(startup.check_database(settings.database_url))
+    asyncio.run(  # before anything is migrated
+        startup.check_connection_budget(
+            settings.database_url,
+            workers=args.workers,
+            pool_size=settings.db_pool_size,
+            fast_ledger=settings.fast_ledger,
+        )
+    )
     _migrate(settings)
     if args.demo:
         key, _ = asyncio.run(_create_key(settings.database_url, email=DEMO_EMAIL, amount=DEMO_CREDITS, admin=True))

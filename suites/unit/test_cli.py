@@ -4,6 +4,7 @@ and every operator mistake as one line with exit code 2 (the table in README "Op
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
@@ -14,6 +15,7 @@ import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import httpx
@@ -279,3 +281,36 @@ def test_a_missing_prometheus_multiproc_dir_is_one_line_and_exit_2(tmp_path: Pat
     assert ran.stderr == (
         f"creditgate: PROMETHEUS_MULTIPROC_DIR: {missing} is not a directory — create it (empty) or unset it\n"
     )
+
+
+def test_workers_whose_pools_outgrow_postgres_are_refused_before_anything_is_migrated(
+    postgres_service: Any, tmp_path: Path
+) -> None:
+    """Issue 26: `--workers 4` with default pools can open 244 connections against Postgres's 100. One line, exit
+    2, naming the fix — and the empty database is left empty."""
+    import asyncpg
+
+    from creditgate_harness.services.postgres import create_database, drop_database
+
+    name = f"cli_budget_{os.getpid()}"
+    url = create_database(postgres_service.url, name)
+    try:
+        for workers, fix in (("400", "— run fewer --workers"), ("4", "— set CREDITGATE_DB_POOL_SIZE=")):
+            env = {"CREDITGATE_DATABASE_URL": url, "CREDITGATE_DB_POOL_SIZE": "20"}
+            ran = cli_process("serve", "--workers", workers, "--port", str(free_port()), cwd=tmp_path, env=env)
+            assert ran.returncode == 2, ran.stderr
+            assert ran.stderr.startswith(f"creditgate: --workers: {workers} workers may open "), ran.stderr
+            assert "Postgres connections (61 each at CREDITGATE_DB_POOL_SIZE 20)" in ran.stderr
+            assert fix in ran.stderr
+            assert ran.stderr.count("\n") == 1
+
+        async def tables() -> int:
+            conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+            try:
+                return int(await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"))
+            finally:
+                await conn.close()
+
+        assert asyncio.run(tables()) == 0  # nothing migrated
+    finally:
+        drop_database(postgres_service.url, name)

@@ -168,6 +168,49 @@ async def check_database(database_url: str) -> None:
         await engine.dispose()
 
 
+def connections_per_worker(*, pool_size: int, fast_ledger: bool) -> int:
+    """The most Postgres connections one worker opens: the ORM engine's pool and its overflow (``db/engine.py``),
+    the one-round-trip ledger's asyncpg pool, and the cache listener."""
+    return 2 * pool_size + (pool_size if fast_ledger else 0) + 1
+
+
+async def check_connection_budget(database_url: str, *, workers: int, pool_size: int, fast_ledger: bool) -> None:
+    """Fail now if ``workers`` workers with these pools can open more connections than Postgres accepts: under load
+    they would, and every request past the limit fails ("too many clients"), on this gateway and anything else
+    sharing that server."""
+    if make_url(database_url).get_backend_name() != "postgresql":
+        return
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT current_setting('max_connections')::int, "
+                        "current_setting('superuser_reserved_connections')::int"
+                    )
+                )
+            ).one()
+    finally:
+        await engine.dispose()
+    allowed = row[0] - row[1]
+    each = connections_per_worker(pool_size=pool_size, fast_ledger=fast_ledger)
+    if workers * each <= allowed:
+        return
+    fitting = ((allowed // workers) - 1) // (3 if fast_ledger else 2)
+    fix = (
+        f"set CREDITGATE_DB_POOL_SIZE={fitting} (or less), run fewer --workers, or raise max_connections"
+        if fitting >= 1
+        else "run fewer --workers, or raise Postgres's max_connections"
+    )
+    raise StartupError(
+        "--workers",
+        f"{workers} workers may open {workers * each} Postgres connections ({each} each at CREDITGATE_DB_POOL_SIZE "
+        f"{pool_size}), the server accepts {allowed} (max_connections {row[0]} − {row[1]} reserved)",
+        fix,
+    )
+
+
 def safe_url(database_url: str) -> str:
     """The URL with its password masked, for printing."""
     try:
