@@ -27,7 +27,7 @@ from creditgate.db.migrate import current_revision, head_revision
 from creditgate.http_guard import guard_json_bodies
 from creditgate.integrations.routes import router as integrations_router
 from creditgate.ledger.fast import PostgresLedger
-from creditgate.ledger.sweeper import run_forever
+from creditgate.ledger.sweeper import run_forever, sweep_once
 from creditgate.llm.images import router as images_router
 from creditgate.llm.messages import router as messages_router
 from creditgate.llm.models import router as models_router
@@ -135,6 +135,10 @@ def create_app(
                 oidc=OidcVerifier(settings, integrations) if settings.oidc_issuer else None,
                 integrations=integrations,
             )
+            try:  # holds that expired while no worker ran, released before the first request is served
+                await sweep_once(app.state.runtime.sessionmaker)
+            except Exception:
+                log.exception("the hold sweep at start failed; the next round retries")
             tasks = [
                 asyncio.create_task(
                     run_forever(app.state.runtime.sessionmaker, interval=settings.sweep_interval_seconds)

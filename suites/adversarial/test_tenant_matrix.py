@@ -107,13 +107,9 @@ PLATFORM_ADMIN_OVERRIDES = {
 
 # Real bugs found by this matrix, reported, until fixed: (method, path, caller, ids) → reason. An entry whose case
 # passes fails the run (strict); one whose route is gone from the schema is reported as a warning: remove it.
-KNOWN_BUGS: dict[tuple[str, str, str, str], str] = {
-    ("POST", "/orgs/{org_id}/members", "org_admin", "mixed"): (
-        "an org admin seats any user who is in no org, by email, without their consent: the victim's requests then "
-        "spend the attacker's org within an allocation the attacker sets (0: every request 402) and only the "
-        "attacker can remove them; reported (the invite + accept change removes this route)"
-    ),
-}
+# Real bugs the matrix found, each marked xfail(strict) until fixed; empty now. It found one: an org admin seated
+# any user in no org by email, without consent (POST /orgs/{org_id}/members; fixed by invite + accept, F1).
+KNOWN_BUGS: dict[tuple[str, str, str, str], str] = {}
 
 CALLERS = ("no_key", "bad_key", "unrelated", "member", "org_admin", "platform_admin")
 KEYLESS = ("no_key", "bad_key")

@@ -260,7 +260,9 @@ async def _user(session: Any, email: str) -> User:
 
 
 async def _user_out(session: Any, user: User, *, created: bool) -> UserOut:
-    org_id = await session.scalar(select(Membership.org_id).where(Membership.user_id == user.id))
+    org_id = await session.scalar(
+        select(Membership.org_id).where(Membership.user_id == user.id, Membership.role != auth.RETIRED)
+    )
     account_id = await auth.account_id_of(session, user_id=user.id)
     return UserOut(
         user_id=user.id, email=user.email, account_id=account_id, org_id=org_id, is_admin=user.is_admin, created=created
@@ -326,7 +328,9 @@ async def provision_org(body: OrgIn, _: AdminDep, rt: RuntimeDep) -> OrgProvisio
         try:
             async with rt.sessionmaker() as session, session.begin():
                 owner = await _user(session, body.owner_email)
-                seat = await session.scalar(select(Membership).where(Membership.user_id == owner.id))
+                seat = await session.scalar(
+                    select(Membership).where(Membership.user_id == owner.id, Membership.role != auth.RETIRED)
+                )
                 if seat is not None:
                     org = await session.get(Org, seat.org_id)
                     if org is None or seat.role != "admin" or org.name != body.name:

@@ -233,7 +233,15 @@ async def _reserve_allocation(session: AsyncSession, *, membership_id: int, unit
         return
     row = (
         await session.execute(select(Membership.allocation, Membership.used).where(Membership.id == membership_id))
-    ).one()
+    ).one_or_none()
+    if row is None:  # the seat was removed after this request looked the caller up: never a 500
+        raise InsufficientCredits(
+            "your organization seat was removed; retry to be charged to your own account",
+            reason="no_allocation",
+            allocation="0.00",
+            balance="0.00",
+            required=str(amount),
+        )
     left = from_hundredths(max(row.allocation - row.used, 0))
     if row.allocation == 0:
         raise InsufficientCredits(
@@ -375,8 +383,8 @@ async def _spendable(session: AsyncSession, *, account_id: int, membership_id: i
             await session.execute(
                 select(Membership.allocation, Membership.used).where(Membership.id == membership_id).with_for_update()
             )
-        ).one()
-        room = row.allocation - row.used
+        ).one_or_none()
+        room = 0 if row is None else row.allocation - row.used  # a seat gone since: nothing beyond the hold
     balance = await session.scalar(select(Account.balance).where(Account.id == account_id).with_for_update()) or 0
     return max(0, min(balance, balance if room is None else room))
 

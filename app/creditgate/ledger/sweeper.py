@@ -27,9 +27,11 @@ async def sweep_once(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
 
 
 async def run_forever(sessionmaker: async_sessionmaker[AsyncSession], *, interval: float) -> None:
+    """A sweep every ``interval`` seconds. The first is the caller's, before it serves (``main``'s lifespan): a
+    sweep racing the first requests made tests order-dependent (it released a hold a test had just planted)."""
     while True:
+        await asyncio.sleep(interval)
         try:
             await sweep_once(sessionmaker)
         except Exception:  # keep sweeping; the next round retries
             log.exception("hold sweep failed")
-        await asyncio.sleep(interval)
