@@ -13,6 +13,9 @@ from creditgate.db.models import Account, Payment
 from creditgate.money import to_hundredths, usd_to_credits
 from creditgate.settings import Settings
 
+CURRENCY = "usd"
+"""The one currency the gateway sells credits in (Stripe's lowercase ISO code)."""
+
 
 def calculate_credit_amount(usd: Decimal, *, settings: Settings | None = None) -> Decimal:
     """Credits for a top-up of ``usd`` dollars ($1 = 100 credits); ``ValueError`` outside the allowed range."""
@@ -75,7 +78,7 @@ async def create_checkout(
                     {
                         "quantity": 1,
                         "price_data": {
-                            "currency": "usd",
+                            "currency": CURRENCY,
                             "unit_amount": cents,
                             "product_data": {"name": f"{amount} creditgate credits"},
                         },
