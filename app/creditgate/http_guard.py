@@ -1,21 +1,25 @@
-"""Refuse, before any route runs, a JSON body holding text that cannot be encoded: a lone UTF-16 surrogate.
+"""Refuse, before any route runs, a body larger than ``CREDITGATE_MAX_BODY_BYTES`` (413) and a JSON body holding
+text that cannot be encoded: a lone UTF-16 surrogate (400/422 ``unencodable_text``).
 
 JSON may spell one (``"\\ud800"``) and Python decodes it into a ``str`` that no UTF-8 encoder takes, so without
 this guard it surfaces wherever the text is next encoded — the token estimate, the upstream request, a database
 insert — as a 500, after the quota call or the hold. The check is one ``in`` on the raw bytes for every request;
 only a body that spells a surrogate escape is decoded again to see whether it is unpaired (valid pairs — emoji
-sent by an ``ensure_ascii`` client — pass).
+sent by an ``ensure_ascii`` client — pass). ``suites/adversarial/test_hostile_inputs.py`` sends one to every route
+the OpenAPI schema lists with a body, so a router created without ``route_class=GuardedRoute`` fails it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Request, Response
 from fastapi.routing import APIRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from creditgate.errors import GatewayError
 from creditgate.llm.bounds import unencodable
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
@@ -34,36 +38,47 @@ def lone_surrogate(body: bytes) -> UnicodeEncodeError | None:
     return None
 
 
-def _guard(app: ASGIApp) -> ASGIApp:
-    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away while sending
-                await app(scope, receive, send)
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        if (error := lone_surrogate(body)) is not None:
-            raise unencodable(error)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await app(scope, replay, send)
-
-    return guarded
+class RequestTooLarge(GatewayError):
+    status_code = 413
+    error_type = "request_too_large"
 
 
-def guard_json_bodies(app: FastAPI) -> None:
-    """Put the guard in front of every route that reads a body."""
-    for route in app.routes:
-        if isinstance(route, APIRoute) and route.body_field is not None:
-            route.app = _guard(route.app)
+async def _body(request: Request) -> bytes:
+    """The body, read at most ``CREDITGATE_MAX_BODY_BYTES`` into memory (413 past it, declared or streamed)."""
+    runtime = getattr(request.app.state, "runtime", None)
+    limit: int | None = runtime.settings.max_body_bytes if runtime is not None else None
+    if limit is None:
+        return await request.body()
+    too_large = RequestTooLarge(f"the request body is larger than {limit} bytes (CREDITGATE_MAX_BODY_BYTES)")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # what Request.body() caches: the route parses this same body, never reads it again
+    return body
+
+
+class GuardedRoute(APIRoute):
+    """Every router's ``route_class``: a route that takes a body refuses one over the limit, and one that parses
+    JSON a lone surrogate in it, before its dependencies (authentication included) or its handler run. FastAPI's
+    documented extension point for work on the raw request; the route parses the body read here (cached)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if not self.methods or not self.methods & {"POST", "PUT", "PATCH"}:
+            return handler
+        parsed = self.body_field is not None  # else the route reads the raw body itself (the signed webhooks)
+
+        async def guarded(request: Request) -> Response:
+            body = await _body(request)
+            if parsed and (error := lone_surrogate(body)) is not None:
+                raise unencodable(error)
+            return await handler(request)
+
+        return guarded

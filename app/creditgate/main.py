@@ -24,7 +24,6 @@ from creditgate.catalog.routes import router as catalog_router
 from creditgate.catalog.service import Catalog
 from creditgate.db.engine import create_engine, create_sessionmaker, is_sqlite
 from creditgate.db.migrate import current_revision, head_revision
-from creditgate.http_guard import guard_json_bodies
 from creditgate.integrations.routes import router as integrations_router
 from creditgate.ledger.fast import PostgresLedger
 from creditgate.ledger.sweeper import run_forever, sweep_once
@@ -177,7 +176,6 @@ def create_app(
         version=app_pkg.__version__,
         description="An LLM gateway with prepaid fractional credits. Credits are decimal strings.",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
         telemetry={"tracing": settings.otel_enabled, "metrics": settings.otel_enabled, "logs": settings.otel_enabled},
     )
     errors_http.install(app)
@@ -203,7 +201,6 @@ def create_app(
         notifications_router,
     ):
         app.include_router(router)
-    guard_json_bodies(app)
     return app
 
 

@@ -20,13 +20,14 @@ from creditgate.catalog import pricing
 from creditgate.db.models import MAX_ID, AdminAudit, ApiKey, AppSetting, Membership, Org, User, utcnow
 from creditgate.errors import Conflict, InvalidRequest, NotFound
 from creditgate.errors_http import ERROR_RESPONSES
+from creditgate.http_guard import GuardedRoute
 from creditgate.ledger import service as ledger
 from creditgate.money import ALLOWED_INCREMENTS, check_increment, credits, from_hundredths
 from creditgate.orgs import service as orgs
 from creditgate.quotas.service import set_plan
 from creditgate.users.schemas import Credits
 
-router = APIRouter(prefix="/admin", tags=["admin"], responses=ERROR_RESPONSES(401, 403))
+router = APIRouter(route_class=GuardedRoute, prefix="/admin", tags=["admin"], responses=ERROR_RESPONSES(401, 403))
 
 
 class CreditGrant(BaseModel):

@@ -15,12 +15,13 @@ from creditgate.billing import service, webhooks
 from creditgate.db.models import MAX_ID
 from creditgate.errors import InvalidRequest, ServiceUnavailable
 from creditgate.errors_http import ERROR_RESPONSES
+from creditgate.http_guard import GuardedRoute
 from creditgate.money import from_hundredths
 from creditgate.observability import metrics
 from creditgate.orgs import service as orgs
 from creditgate.users.schemas import Credits
 
-router = APIRouter(prefix="/billing", tags=["billing"])
+router = APIRouter(route_class=GuardedRoute, prefix="/billing", tags=["billing"])
 
 
 class CheckoutRequest(BaseModel):

@@ -10,8 +10,11 @@ from pydantic import BaseModel, Field
 from creditgate.auth.deps import PrincipalDep, RuntimeDep
 from creditgate.byok import service
 from creditgate.errors_http import ERROR_RESPONSES
+from creditgate.http_guard import GuardedRoute
 
-router = APIRouter(prefix="/user/provider-keys", tags=["byok"], responses=ERROR_RESPONSES(401, 503))
+router = APIRouter(
+    route_class=GuardedRoute, prefix="/user/provider-keys", tags=["byok"], responses=ERROR_RESPONSES(401, 503)
+)
 
 
 class ProviderKeyIn(BaseModel):

@@ -7,8 +7,9 @@ from pydantic import BaseModel, Field
 
 from creditgate.auth.deps import RuntimeDep
 from creditgate.catalog.service import ModelConfig
+from creditgate.http_guard import GuardedRoute
 
-router = APIRouter(prefix="/catalog", tags=["catalog"])
+router = APIRouter(route_class=GuardedRoute, prefix="/catalog", tags=["catalog"])
 
 
 class ModelPricing(BaseModel):

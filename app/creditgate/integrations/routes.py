@@ -9,9 +9,10 @@ from sqlalchemy.exc import IntegrityError
 from creditgate.auth.deps import RuntimeDep
 from creditgate.errors import InvalidRequest, ServiceUnavailable
 from creditgate.errors_http import ERROR_RESPONSES
+from creditgate.http_guard import GuardedRoute
 from creditgate.integrations import lago, telegram
 
-router = APIRouter(tags=["integrations"])
+router = APIRouter(route_class=GuardedRoute, tags=["integrations"])
 
 
 class LagoResult(BaseModel):

@@ -13,9 +13,10 @@ from creditgate.byok.service import listed
 from creditgate.catalog.service import ModelConfig
 from creditgate.errors import ModelNotFound
 from creditgate.errors_http import ERROR_RESPONSES
+from creditgate.http_guard import GuardedRoute
 from creditgate.runtime import Runtime
 
-router = APIRouter(prefix="/v1", tags=["inference"])
+router = APIRouter(route_class=GuardedRoute, prefix="/v1", tags=["inference"])
 EPOCH = "1970-01-01T00:00:00Z"  # the catalog has no release dates
 
 

@@ -13,8 +13,9 @@ from sqlalchemy import select
 from creditgate.auth.deps import PrincipalDep, SessionDep
 from creditgate.db.models import Notification
 from creditgate.errors_http import ERROR_RESPONSES
+from creditgate.http_guard import GuardedRoute
 
-router = APIRouter(prefix="/user", tags=["user"], responses=ERROR_RESPONSES(401))
+router = APIRouter(route_class=GuardedRoute, prefix="/user", tags=["user"], responses=ERROR_RESPONSES(401))
 
 
 class NotificationOut(BaseModel):

@@ -12,11 +12,12 @@ from sqlalchemy import func, select
 
 from creditgate.auth.deps import RuntimeDep
 from creditgate.db.models import Hold
+from creditgate.http_guard import GuardedRoute
 from creditgate.money import from_hundredths
 from creditgate.observability import metrics
 from creditgate.runtime import Runtime
 
-router = APIRouter(tags=["system"])
+router = APIRouter(route_class=GuardedRoute, tags=["system"])
 log = logging.getLogger(__name__)
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, field_validator
 from creditgate.auth.deps import PrincipalDep, RuntimeDep
 from creditgate.db.models import MAX_ID
 from creditgate.errors_http import ERROR_RESPONSES
+from creditgate.http_guard import GuardedRoute
 from creditgate.money import credits
 from creditgate.orgs import service
 from creditgate.users.schemas import Credits
@@ -28,8 +29,10 @@ MemberRef = Annotated[
 InvitationId = Annotated[int, Path(ge=1, le=MAX_ID)]
 Role = Literal["admin", "member"]
 
-orgs = APIRouter(prefix="/orgs", tags=["orgs"], responses=ERROR_RESPONSES(401, 403, 404))
-invitations = APIRouter(prefix="/user/invitations", tags=["orgs"], responses=ERROR_RESPONSES(401))
+orgs = APIRouter(route_class=GuardedRoute, prefix="/orgs", tags=["orgs"], responses=ERROR_RESPONSES(401, 403, 404))
+invitations = APIRouter(
+    route_class=GuardedRoute, prefix="/user/invitations", tags=["orgs"], responses=ERROR_RESPONSES(401)
+)
 
 
 class OrgCreate(BaseModel):
@@ -236,6 +239,6 @@ async def decline(invitation_id: InvitationId, principal: PrincipalDep, rt: Runt
     return Response(status_code=204)
 
 
-router = APIRouter()
+router = APIRouter(route_class=GuardedRoute)
 router.include_router(orgs)
 router.include_router(invitations)

@@ -12,8 +12,9 @@ from sqlalchemy import text
 
 import creditgate
 from creditgate.auth.deps import RuntimeDep
+from creditgate.http_guard import GuardedRoute
 
-router = APIRouter(tags=["system"])
+router = APIRouter(route_class=GuardedRoute, tags=["system"])
 log = logging.getLogger(__name__)
 
 

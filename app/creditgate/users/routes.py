@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from creditgate.auth.deps import PrincipalDep, SessionDep
 from creditgate.errors_http import ERROR_RESPONSES
+from creditgate.http_guard import GuardedRoute
 from creditgate.ledger import repository
 from creditgate.ledger import service as ledger
 from creditgate.llm import usage_repository
@@ -22,7 +23,7 @@ from creditgate.users.schemas import (
     UsagePage,
 )
 
-router = APIRouter(prefix="/user", tags=["user"], responses=ERROR_RESPONSES(401))
+router = APIRouter(route_class=GuardedRoute, prefix="/user", tags=["user"], responses=ERROR_RESPONSES(401))
 
 EntryType = Literal["purchase", "bonus", "adjustment", "refund", "hold", "release", "api_usage"]
 

@@ -127,7 +127,23 @@ def _message_texts(body: dict[str, Any]) -> list[str]:
 
 IMAGE_TOKENS = 1600  # what a vendor bills for one large input image (Anthropic: ~1.15 megapixels ≈ 1,600 tokens)
 _IMAGE_BLOCKS = frozenset({"image", "image_url", "input_image"})
-_NOT_PROMPT = frozenset({"model", "stream", "stream_options", "max_tokens", "max_completion_tokens", "stop"})
+# Request fields vendors do not bill as prompt tokens (identifiers and delivery options: OpenAI's ``user`` and
+# ``metadata`` are labels, stop sequences end the output).
+_NOT_PROMPT = frozenset(
+    {
+        "model",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "stop_sequences",
+        "user",
+        "metadata",
+        "service_tier",
+        "reasoning_effort",
+    }
+)
 
 
 def _everything_tokens(body: dict[str, Any]) -> int:
