@@ -112,18 +112,28 @@ async def portal(principal: PrincipalDep, rt: RuntimeDep) -> PortalSession:
     responses={
         **ERROR_RESPONSES(503),
         400: {"model": ERROR_RESPONSES(422)[422]["model"], "description": "Bad signature"},
+        422: {
+            "model": ERROR_RESPONSES(422)[422]["model"],
+            "description": "A signed event that is malformed (`malformed_event`) or does not add up "
+            "(`payment_mismatch`); nothing is applied",
+        },
     },
     openapi_extra={"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}, "required": True}},
 )
 async def webhook(request: Request, rt: RuntimeDep) -> WebhookResult:
-    """Stripe's signed events (raw body + Stripe-Signature); each applied once, in any order."""
-    secret = rt.settings.stripe_webhook_secret
+    """Stripe's signed events (raw body + Stripe-Signature); each applied once, in any order.
+
+    A signed event that is malformed, or a payment that does not add up (amount, currency, customer), is a 422
+    that credits nothing: Stripe retries it and the operator sees it in Stripe's log and ours."""
+    rt_settings = rt.settings
+    secret = rt_settings.stripe_webhook_secret
     if not secret:
         raise ServiceUnavailable("webhooks are not configured: set CREDITGATE_STRIPE_WEBHOOK_SECRET")
     event = webhooks.verify(await request.body(), request.headers.get("stripe-signature"), secret=secret)
     for attempt in range(3):
         try:
             async with rt.sessionmaker() as session, session.begin():
+                session.info[webhooks.SETTINGS] = rt_settings  # the credit value prices what was paid
                 outcome = await webhooks.apply_event(session, event)
             metrics.webhook("stripe", str(event["type"]), outcome)
             return WebhookResult(outcome=outcome)
