@@ -36,6 +36,7 @@ from creditgate_harness.oracle import Pricing
 PRICES = {"oa-model": (Decimal("0.003"), Decimal("0.015")), "an-model": (Decimal("0.003"), Decimal("0.015"))}
 PRICING = Pricing(PRICES, margin=Decimal("1.5"), credit_value_usd=Decimal("0.01"), increment=Decimal("0.1"))
 EXAMPLES = 150
+NESTED = "abcdef " * 6000  # 42 kB: the probe's text inside a block's content list
 
 
 @pytest.fixture
@@ -110,7 +111,10 @@ openai_tool = st.builds(
     schema,
 )
 BAD_MAX_TOKENS = st.sampled_from([0, -1, 4097, 10**12, "100", "١٠٠", 1.5, None, True])
-max_tokens = st.integers(0, 9).flatmap(lambda i: BAD_MAX_TOKENS if i == 0 else st.integers(1, 4096))
+# Mostly small: with a large output reserve the hold can cover an under-counted prompt by accident.
+max_tokens = st.integers(0, 9).flatmap(
+    lambda i: BAD_MAX_TOKENS if i == 0 else st.integers(1, 4096) if i == 1 else st.integers(1, 32)
+)
 
 
 def poisoned(body: dict[str, Any], draw: st.DrawFn) -> dict[str, Any]:
@@ -173,6 +177,11 @@ anthropic_block = st.one_of(
         st.one_of(texts, st.lists(anthropic_leaf, max_size=3)),
     ),
     st.builds(lambda t: {"type": "text", "text": t, "cache_control": {"type": "ephemeral"}}, texts),
+    st.builds(
+        lambda kind, inner: {"type": kind, "source": "s", "title": "t", "content": inner},
+        st.sampled_from(["search_result", "mystery_container"]),
+        st.lists(anthropic_leaf, min_size=1, max_size=3),
+    ),
 )
 anthropic_message = st.one_of(
     st.builds(lambda t: {"role": "user", "content": t}, texts),
@@ -352,6 +361,54 @@ async def test_the_hold_covers_and_the_charge_pays_what_the_upstream_billed(
                 ],
             },
             id="F2-tool-results",
+        ),
+        pytest.param(
+            "/v1/messages",
+            {
+                "model": "an-model",
+                "max_tokens": 16,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": NESTED}]}
+                        ],
+                    }
+                ],
+            },
+            id="probe-text-nested-in-a-tool-result",
+        ),
+        pytest.param(
+            "/v1/messages",
+            {
+                "model": "an-model",
+                "max_tokens": 16,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "search_result",
+                                "source": "s",
+                                "title": "t",
+                                "content": [{"type": "text", "text": NESTED}],
+                            }
+                        ],
+                    }
+                ],
+            },
+            id="probe-text-nested-in-a-search-result",
+        ),
+        pytest.param(
+            "/v1/chat/completions",
+            {
+                "model": "oa-model",
+                "max_tokens": 16,
+                "messages": [
+                    {"role": "user", "content": [{"type": "zzz", "content": [{"type": "text", "text": NESTED}]}]}
+                ],
+            },
+            id="probe-text-nested-in-an-unknown-part",
         ),
     ],
 )

@@ -136,3 +136,39 @@ async def test_absurd_upstream_usage_is_a_malformed_answer_and_closes_the_hold(
         record = (await session.execute(select(UsageRecord).order_by(UsageRecord.id.desc()).limit(1))).scalar_one()
     assert record.prompt_tokens < 1000  # the estimate, never the absurd number
     assert 0 < record.credits < 100
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("service_tier", "priority"), ("service_tier", "scale"), ("service_tier", ["x"]), ("service_tier", 5)],
+)
+async def test_a_service_tier_the_catalog_does_not_price_is_refused(
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_upstream: FakeProvider, field: str, value: Any
+) -> None:
+    """The probe: ``priority`` was held and charged at the default tier's price; the vendor charges more."""
+    body = {"model": "test-model", field: value, "messages": [{"role": "user", "content": "hi"}]}
+    answer = await async_client.post("/v1/chat/completions", json=body, headers=cg_funded_user.headers)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "unbounded_request"
+    assert cg_upstream.calls == []
+
+
+@pytest.mark.parametrize(("size", "credits"), [("1024x1024", "6.00"), ("1792x1024", "12.00"), ("1024x1792", "12.00")])
+async def test_a_larger_image_is_held_and_charged_its_own_price(
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, size: str, credits: str
+) -> None:
+    """The probe: every size was charged the 1024² price ($0.04); the vendor bills $0.08 for the large ones."""
+    body = {"model": "dall-e-3", "prompt": "a cat", "size": size}
+    answer = await async_client.post("/v1/images/generations", json=body, headers=cg_funded_user.headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["X-Creditgate-Credits-Charged"] == credits
+
+
+@pytest.mark.parametrize("n", ["2", "2.0", " 2", True, 2.0])
+async def test_an_image_count_that_is_no_integer_is_a_400(
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, cg_upstream: FakeProvider, n: Any
+) -> None:
+    body = {"model": "dall-e-3", "prompt": "a cat", "n": n}
+    answer = await async_client.post("/v1/images/generations", json=body, headers=cg_funded_user.headers)
+    assert answer.status_code == 400, answer.text
+    assert cg_upstream.calls == []

@@ -50,6 +50,8 @@ class ModelConfig(BaseModel):
         default=1600, ge=0, description="the most prompt tokens one input image can cost (the hold counts this)"
     )
     image_sizes: tuple[str, ...] = ("1024x1024",)
+    # USD per image by size, where a size costs other than ``per_image`` (vendors price larger images higher).
+    image_prices: dict[str, Decimal] = Field(default_factory=dict)
     providers: tuple[ModelRoute, ...] = Field(min_length=1)
 
     def cost_usd(self, *, prompt_tokens: int, completion_tokens: int, images: int = 0) -> Decimal:

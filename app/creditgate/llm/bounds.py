@@ -12,7 +12,8 @@ it must count *everything* forwarded — not just the text of the messages. ``pr
 
 A request whose cost the gateway cannot bound is refused (400 ``unbounded_request``) before anything is held: a
 document or file the upstream fetches itself (a URL, a ``file_id``), server-side tools that add input the client
-never sent (web search and fetch, code execution, MCP servers), and audio output, which the catalog cannot price.
+never sent (web search and fetch, code execution, MCP servers), audio output and the dearer service tiers
+(``priority``, ``scale``), which the catalog does not price.
 Unencodable text (a lone UTF-16 surrogate) is refused as ``unencodable_text``; the route guard (``http_guard``)
 normally stops it first.
 """
@@ -61,6 +62,8 @@ IMAGE_BLOCKS = frozenset({"image", "image_url", "input_image"})
 FETCHED_SOURCES = frozenset({"url", "file"})
 UNBOUNDED_BLOCKS = frozenset({"container_upload", "mcp_tool_use", "server_tool_use"})
 SERVER_TOOL_PREFIXES = ("web_search", "web_fetch", "code_execution", "mcp")
+# Service tiers priced at (or under) the catalog's prices; "priority" and "scale" cost the operator more.
+CATALOG_TIERS = ("auto", "default", "standard", "flex")
 
 
 def unbounded(what: str, *, param: str) -> InvalidRequest:
@@ -86,8 +89,10 @@ def _json_tokens(value: Any) -> int:
         raise unencodable(exc) from exc
 
 
-def _block_tokens(block: Any, *, image_tokens: int, param: str) -> int:
-    """What one content block costs beyond its ``text`` (which the text estimate already counts)."""
+def _block_tokens(block: Any, *, image_tokens: int, param: str, top: bool = True) -> int:
+    """What one content block costs beyond what the text estimate counted: at the top of a message, a ``text``
+    block's text was counted there; anywhere deeper (a tool result's or a search result's ``content`` list, any
+    block that nests blocks) nothing was, so everything in it counts."""
     if not isinstance(block, Mapping):
         return _json_tokens(block)
     kind = block.get("type")
@@ -101,14 +106,14 @@ def _block_tokens(block: Any, *, image_tokens: int, param: str) -> int:
     file = block.get("file")
     if kind == "file" and isinstance(file, Mapping) and "file_data" not in file:
         raise unbounded("a file given by id", param=param)
-    if kind == "text":
+    content = block.get("content")
+    if isinstance(content, list):  # nested blocks: their text, images and documents count in full
+        rest = {k: v for k, v in block.items() if k != "content"}
+        nested = sum(_block_tokens(b, image_tokens=image_tokens, param=param, top=False) for b in content)
+        return _json_tokens(rest) + nested
+    if kind == "text" and top:
         rest = {k: v for k, v in block.items() if k not in {"type", "text", "cache_control"}}
         return _json_tokens(rest) if rest else 0
-    if kind in {"tool_result", "document"} or isinstance(block.get("content"), list):
-        content = block.get("content")
-        if isinstance(content, list):  # nested blocks: images in a tool result are images too
-            rest = {k: v for k, v in block.items() if k != "content"}
-            return _json_tokens(rest) + sum(_block_tokens(b, image_tokens=image_tokens, param=param) for b in content)
     return _json_tokens(block)
 
 
@@ -157,6 +162,8 @@ def prompt_bound(body: Mapping[str, Any], texts: Iterable[str], *, image_tokens:
             raise unbounded(f"{key!r}", param=key)
         elif key in {"audio", "modalities"} and value and (key == "audio" or "audio" in value):
             raise unbounded("audio output", param=key)
+        elif key == "service_tier" and value is not None and not (isinstance(value, str) and value in CATALOG_TIERS):
+            raise unbounded(f"service tier {value!r} (the catalog prices {', '.join(CATALOG_TIERS)})", param=key)
         elif key not in PARAMETERS:
             total += _json_tokens(value)
     return total

@@ -22,7 +22,7 @@ router = APIRouter(route_class=GuardedRoute, prefix="/v1", tags=["inference"])
 class ImageRequest(BaseModel):
     model: str = Field(default="dall-e-3", min_length=1, max_length=128)
     prompt: str = Field(min_length=1, max_length=4000)
-    n: int = Field(default=1, ge=1, le=4)
+    n: int = Field(default=1, ge=1, le=4, strict=True)
     size: str = Field(default="1024x1024", max_length=16)
     response_format: Literal["url", "b64_json"] = "url"
 
@@ -48,5 +48,7 @@ async def generate_images(body: ImageRequest, principal: PrincipalDep, rt: Runti
             param="size",
             allowed=list(model.image_sizes),
         )
+    if body.size in model.image_prices:  # held and charged at this size's price
+        model = model.model_copy(update={"per_image": model.image_prices[body.size]})
     result = await relay.images(rt, principal, model, body.model_dump(), n=body.n)
     return JSONResponse({"created": int(time.time()), "data": result.body}, headers=result.headers)

@@ -30,7 +30,7 @@ def upstream_transport() -> httpx.AsyncBaseTransport:
     """The harness's fake provider, in-process."""
     from creditgate_harness.fakes.providers import FakeProvider
 
-    return httpx.ASGITransport(app=FakeProvider().app)
+    return httpx.ASGITransport(app=FakeProvider(bill_everything=True).app)  # bills every part, as vendors do
 
 
 def with_stripe(settings: Settings) -> Settings:
