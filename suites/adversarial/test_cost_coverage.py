@@ -73,7 +73,28 @@ texts = st.one_of(
     st.sampled_from([("", 0), ("x", 60_000), ("语", 30_000), ("😀", 20_000)]).map(lambda t: t[0] * t[1]),  # 60–80 kB
 )
 blob = st.binary(min_size=0, max_size=3000).map(lambda b: base64.b64encode(b).decode())
-big_blob = st.just(20_000).map(lambda n: base64.b64encode(b"%PDF-1.4 " * n).decode())  # ~240 kB
+big_blob = st.just(20_000).map(lambda n: base64.b64encode(b"%PDF-1.4 " * n).decode())  # ~240 kB, no PDF
+
+
+def pdf(pages: int) -> str:
+    """A valid PDF of ``pages`` pages sharing one content stream: tiny bytes, a vendor bills it by the page."""
+    objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{' '.join(f'{4 + i} 0 R' for i in range(pages))}] /Count {pages} >>",
+        "<< /Length 44 >>\nstream\nBT /F1 24 Tf 72 700 Td (Hello page) Tj ET\nendstream",
+    ] + ["<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 3 0 R >>"] * pages
+    out, offsets = b"%PDF-1.4\n", []
+    for number, obj in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{obj}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF".encode()
+    return base64.b64encode(out).decode()
+
+
+pdfs = st.integers(1, 300).map(pdf)
 schema = st.recursive(
     st.dictionaries(st.sampled_from(["type", "description", "enum"]), texts, max_size=2),
     lambda inner: st.dictionaries(st.text(min_size=1, max_size=12), inner, max_size=4),
@@ -86,6 +107,10 @@ openai_part = st.one_of(
     st.just({"type": "image_url", "image_url": {"url": "https://example.test/cat.png", "detail": "high"}}),
     st.builds(lambda b: {"type": "input_audio", "input_audio": {"data": b, "format": "wav"}}, blob),
     st.builds(lambda b: {"type": "file", "file": {"file_data": b, "filename": "a.pdf"}}, st.one_of(blob, big_blob)),
+    st.builds(
+        lambda b: {"type": "file", "file": {"file_data": "data:application/pdf;base64," + b, "filename": "a.pdf"}},
+        pdfs,
+    ),
     st.just({"type": "file", "file": {"file_id": "file-abc123"}}),  # the upstream expands it: unbounded
     st.builds(lambda t: {"type": "mystery_block", "payload": t}, texts),
 )
@@ -156,6 +181,7 @@ source = st.one_of(
 )
 doc_source = st.one_of(
     st.builds(lambda b: {"type": "base64", "media_type": "application/pdf", "data": b}, st.one_of(blob, big_blob)),
+    st.builds(lambda b: {"type": "base64", "media_type": "application/pdf", "data": b}, pdfs),
     st.builds(lambda t: {"type": "text", "media_type": "text/plain", "data": t}, texts),
     st.just({"type": "url", "url": "https://example.test/huge.pdf"}),  # fetched upstream: unbounded
     st.just({"type": "file", "file_id": "file_abc"}),
@@ -409,6 +435,26 @@ async def test_the_hold_covers_and_the_charge_pays_what_the_upstream_billed(
                 ],
             },
             id="probe-text-nested-in-an-unknown-part",
+        ),
+        pytest.param(
+            "/v1/messages",
+            {
+                "model": "an-model",
+                "max_tokens": 16,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "document",
+                                "source": {"type": "base64", "media_type": "application/pdf", "data": pdf(100)},
+                            },
+                            {"type": "text", "text": "summarise"},
+                        ],
+                    }
+                ],
+            },
+            id="probe-a-100-page-pdf-of-12kB",
         ),
     ],
 )

@@ -49,6 +49,11 @@ class ModelConfig(BaseModel):
     image_input_tokens: int = Field(
         default=1600, ge=0, description="the most prompt tokens one input image can cost (the hold counts this)"
     )
+    document_page_tokens: int = Field(
+        default=4600,
+        ge=0,
+        description="the most prompt tokens one page of a PDF can cost: its text (up to ~3,000) and its image",
+    )
     image_sizes: tuple[str, ...] = ("1024x1024",)
     # USD per image by size, where a size costs other than ``per_image`` (vendors price larger images higher).
     image_prices: dict[str, Decimal] = Field(default_factory=dict)

@@ -26,6 +26,7 @@ from creditgate.providers.base import ChatCall, Turn
 
 router = APIRouter(route_class=GuardedRoute, prefix="/v1", tags=["inference"])
 IMAGE_TOKENS = ModelConfig.model_fields["image_input_tokens"].default
+PAGE_TOKENS = ModelConfig.model_fields["document_page_tokens"].default
 SSE = {"text/event-stream": {"schema": {"type": "string", "description": "Anthropic message stream events"}}}
 
 
@@ -53,13 +54,18 @@ class CountTokensRequest(BaseModel):
             return "".join(str(b.get("text", "")) for b in self.system)
         return self.system or ""
 
-    def prompt_estimate(self, native: Mapping[str, Any] | None = None, *, image_tokens: int = IMAGE_TOKENS) -> int:
+    def prompt_estimate(
+        self,
+        native: Mapping[str, Any] | None = None,
+        *,
+        image_tokens: int = IMAGE_TOKENS,
+        page_tokens: int = PAGE_TOKENS,
+    ) -> int:
         """The most prompt tokens this request (``native``: its dump, as ``call`` forwards it) can cost upstream:
         every part the upstream receives (llm/bounds.py)."""
         texts = [self.system_text()] + [m.text() for m in self.messages]
-        return prompt_bound(
-            self.model_dump(exclude_none=True) if native is None else native, texts, image_tokens=image_tokens
-        )
+        native = self.model_dump(exclude_none=True) if native is None else native
+        return prompt_bound(native, texts, image_tokens=image_tokens, page_tokens=page_tokens)
 
     def call(self, *, max_tokens: int) -> ChatCall:
         return ChatCall(
@@ -96,7 +102,9 @@ async def messages(body: MessagesRequest, principal: PrincipalDep, rt: RuntimeDe
     """Anthropic-style messages; credits held and settled exactly like chat completions."""
     model, max_tokens = relay.chat_model(rt.catalog, body.model, max_tokens=body.max_tokens)
     call = body.call(max_tokens=max_tokens)
-    estimate = body.prompt_estimate(call.native, image_tokens=model.image_input_tokens)
+    estimate = body.prompt_estimate(
+        call.native, image_tokens=model.image_input_tokens, page_tokens=model.document_page_tokens
+    )
     if body.stream:
         stream = await relay.stream(rt, principal, model, call, prompt_estimate=estimate)
         return StreamingResponse(stream.chunks, media_type="text/event-stream", headers=stream.headers)

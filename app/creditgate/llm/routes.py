@@ -27,7 +27,9 @@ async def chat_completions(
     """Create a chat completion; credits are held up front and settled to the actual usage (streams too)."""
     model, max_tokens = relay.chat_model(rt.catalog, body.model, max_tokens=body.output_limit())
     call = body.call(max_tokens=max_tokens)
-    estimate = body.prompt_estimate(call.native, image_tokens=model.image_input_tokens)
+    estimate = body.prompt_estimate(
+        call.native, image_tokens=model.image_input_tokens, page_tokens=model.document_page_tokens
+    )
     if body.stream:
         stream = await relay.stream(rt, principal, model, call, prompt_estimate=estimate)
         return StreamingResponse(stream.chunks, media_type="text/event-stream", headers=stream.headers)

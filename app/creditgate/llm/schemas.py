@@ -47,10 +47,11 @@ class ChatCompletionRequest(BaseModel):
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def prompt_estimate(self, native: Mapping[str, Any], *, image_tokens: int) -> int:
+    def prompt_estimate(self, native: Mapping[str, Any], *, image_tokens: int, page_tokens: int) -> int:
         """The most prompt tokens this request (``native``: its dump, as ``call`` forwards it) can cost upstream:
         every part the upstream receives (llm/bounds.py)."""
-        return prompt_bound(native, [m.text() for m in self.messages], image_tokens=image_tokens)
+        texts = [m.text() for m in self.messages]
+        return prompt_bound(native, texts, image_tokens=image_tokens, page_tokens=page_tokens)
 
     def call(self, *, max_tokens: int) -> ChatCall:
         """This request as adapters see it: as sent, and neutral (system and developer turns become the system)."""

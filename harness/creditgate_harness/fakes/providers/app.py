@@ -15,8 +15,10 @@ in ``served``: the money oracle's record of what the upstream delivered (``GET /
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
+import re
 import time
 import uuid
 from collections import deque
@@ -146,19 +148,45 @@ _NOT_PROMPT = frozenset(
 )
 
 
+PAGE_TOKENS = 3100  # what a vendor bills for one PDF page: its text (~1,500) and its image (~1,600)
+_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
+
+
+def _pdf_pages(block: dict[str, Any]) -> int | None:
+    """Pages of a base64 PDF block (Anthropic ``document`` or OpenAI ``file``), counted as a vendor's parser would
+    see them in an uncompressed page tree; ``None`` for anything else."""
+    source, file = block.get("source"), block.get("file")
+    data: Any = None
+    if isinstance(source, dict) and source.get("media_type") == "application/pdf":
+        data = source.get("data")
+    elif isinstance(file, dict) and str(file.get("file_data", "")).startswith("data:application/pdf"):
+        data = str(file["file_data"]).partition(",")[2]
+    if not isinstance(data, str):
+        return None
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        return None
+    return len(_PAGE.findall(raw)) if raw.startswith(b"%PDF") else None
+
+
 def _everything_tokens(body: dict[str, Any]) -> int:
     """What a vendor bills as the prompt, read off the body it *received*: the UTF-8 bytes of every string in it
     (message text, tool definitions, tool calls and results, documents, system blocks, fields nobody modelled) at
-    4 bytes a token, and ``IMAGE_TOKENS`` per image — not the gateway's rule, and blind to nothing."""
-    images = 0
+    4 bytes a token, ``IMAGE_TOKENS`` per image and ``PAGE_TOKENS`` per PDF page — not the gateway's rule, and
+    blind to nothing."""
+    images = pages = 0
 
     def strings(value: Any, key: str | None = None) -> int:
-        nonlocal images
+        nonlocal images, pages
         if isinstance(value, str):
             return 0 if key in {"type", "role"} else len(value.encode("utf-8", "surrogatepass"))
         if isinstance(value, dict):
             if value.get("type") in _IMAGE_BLOCKS:
                 images += 1
+                return 0
+            if (counted := _pdf_pages(value)) is not None:
+                pages += counted
                 return 0
             return sum(strings(v, k) for k, v in value.items())
         if isinstance(value, list):
@@ -166,7 +194,7 @@ def _everything_tokens(body: dict[str, Any]) -> int:
         return 0
 
     size = sum(strings(v, k) for k, v in body.items() if k not in _NOT_PROMPT)
-    return max(1, -(-size // 4)) + IMAGE_TOKENS * images
+    return max(1, -(-size // 4)) + IMAGE_TOKENS * images + PAGE_TOKENS * pages
 
 
 def _prompt_text(body: dict[str, Any]) -> str:
