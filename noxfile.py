@@ -14,11 +14,13 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 COVERAGE_MIN = 85
+NO_GATEWAY = "import importlib.util as u, sys; sys.exit(u.find_spec('creditgate') and 'creditgate is installed')"
 
 
 def install(session: nox.Session, *groups: str) -> None:
+    """The harness (./harness, its own distribution) and the gateway with its test layer, both editable."""
     deps = [dep for group in groups for dep in nox.project.dependency_groups(PYPROJECT, group)]
-    session.install("-e", ".[harness]", *deps)
+    session.install("-e", "./harness", "-e", ".[harness]", *deps)
 
 
 def pytest(session: nox.Session, *args: str) -> None:
@@ -49,7 +51,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on creditgate and creditgate_harness."""
+    """mypy --strict on creditgate (with creditgate.testing) and creditgate_harness."""
     install(session, "test", "lint")
     session.run("mypy")
 
@@ -91,12 +93,14 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def example(session: nox.Session) -> None:
-    """examples/wallet as a user would: a fresh venv, this repo installed with [harness], the project, pytest."""
+    """examples/wallet as a user would: a fresh venv, the harness alone (./harness: no gateway), the project, pytest."""
     venv = Path(session.create_tmp()).resolve() / "wallet-venv"
     shutil.rmtree(venv, ignore_errors=True)
     session.run("uv", "venv", "-q", str(venv), external=True)
     python = str(venv / "bin" / "python")
-    session.run("uv", "pip", "install", "-q", "--python", python, ".[harness]", "-e", "examples/wallet", external=True)
+    session.run("uv", "pip", "install", "-q", "--python", python, "./harness", "-e", "examples/wallet", external=True)
+    # The harness brings nothing of the gateway: a project testing with it never imports creditgate by accident.
+    session.run(python, "-c", NO_GATEWAY, external=True)
     with session.chdir("examples/wallet"):
         session.run(python, "-m", "pytest", "-p", "no:cacheprovider", *session.posargs, external=True)
 

@@ -24,8 +24,8 @@ from creditgate.auth import service as auth
 from creditgate.db.engine import create_engine, create_sessionmaker
 from creditgate.ledger import service as ledger
 from creditgate.ledger.fast import PostgresLedger
-from creditgate_harness.auditor import audit_url
-from creditgate_harness.gateway import migrate
+from creditgate.testing.auditor import audit_url
+from creditgate.testing.gateway import migrate
 
 START = Decimal(10**9)
 CHARGE = Decimal("0.37")

@@ -26,9 +26,9 @@ from creditgate.main import create_app
 from creditgate.observability.logs import REQUEST_LOGGER
 from creditgate.observability.middleware import ObservabilityMiddleware
 from creditgate.settings import Settings
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import migrate
 from creditgate_harness.fakes.providers import FakeProvider
-from creditgate_harness.gateway import migrate
 
 
 async def _one(client: httpx.AsyncClient, headers: dict[str, str]) -> tuple[float, float]:

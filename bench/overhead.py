@@ -34,8 +34,8 @@ from creditgate.db.engine import create_engine, create_sessionmaker
 from creditgate.db.models import Account, Membership, Org
 from creditgate.ledger import service as ledger
 from creditgate.quotas.service import load_plans, set_plan
-from creditgate_harness.catalog import catalog_for_tests
-from creditgate_harness.gateway import migrate, start_gateway
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import migrate, start_gateway
 from creditgate_harness.servers import LiveServer, start_live_server
 from creditgate_harness.services import ServiceUnavailable
 from creditgate_harness.services.base import run_sync

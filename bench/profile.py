@@ -35,8 +35,8 @@ from bench.overhead import BODY, _keys
 from creditgate.db.engine import create_engine, create_sessionmaker
 from creditgate.main import create_app
 from creditgate.settings import Settings
-from creditgate_harness.catalog import catalog_for_tests
-from creditgate_harness.gateway import migrate
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import migrate
 from creditgate_harness.services import ServiceUnavailable
 
 STAGES: dict[str, float] = collections.defaultdict(float)

@@ -1,14 +1,14 @@
-"""creditgate's test harness: a pytest plugin, service backends, vendor fakes and a ledger auditor.
+"""creditgate's test harness: a pytest plugin, service backends, vendor fakes and a money oracle, for any ASGI app.
 
-The public API is what ``__all__`` lists; importing this package does not import pytest, so the fakes also
-serve ``creditgate serve --demo`` and the load runner.
+The public API is what ``__all__`` lists; importing this package does not import pytest, so the fakes can also
+serve a demo or a load run. It imports no application code: the gateway's own layer (the ``cg_*`` fixtures, its
+ledger auditor) lives in the gateway's distribution.
 """
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
 _WHERE = {
-    "AuditReport": "creditgate_harness.auditor",
     "Fake": "creditgate_harness.fakes.modes",
     "FakeOidcIssuer": "creditgate_harness.fakes.oidc",
     "FakeProvider": "creditgate_harness.fakes.providers",
@@ -32,7 +32,6 @@ _WHERE = {
     "ServiceUnavailable": "creditgate_harness.services",
     "StripeWebhooks": "creditgate_harness.fakes.stripe",
     "ThreadedServer": "creditgate_harness.servers",
-    "audit_url": "creditgate_harness.auditor",
     "free_port": "creditgate_harness.services.base",
     "run_sync": "creditgate_harness.services.base",
     "serve": "creditgate_harness.fakes.modes",
@@ -52,7 +51,6 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from creditgate_harness.auditor import AuditReport, audit_url
     from creditgate_harness.fakes.modes import Fake, InProcess, serve
     from creditgate_harness.fakes.oidc import FakeOidcIssuer
     from creditgate_harness.fakes.providers import FakeProvider, Fault, RecordedCall, Reply
@@ -75,7 +73,6 @@ if TYPE_CHECKING:
     from creditgate_harness.wait import until
 
 __all__ = [
-    "AuditReport",
     "Books",
     "Fake",
     "FakeOidcIssuer",
@@ -96,7 +93,6 @@ __all__ = [
     "ServiceUnavailable",
     "StripeWebhooks",
     "ThreadedServer",
-    "audit_url",
     "books_from_audit",
     "check_money",
     "free_port",

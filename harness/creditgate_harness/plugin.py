@@ -1,10 +1,11 @@
 """The pytest11 entry point: options, ini keys and the generic fixtures any project gets.
 
-Installed with ``pip install "creditgate[harness]"``; pytest loads it by itself. The creditgate layer
-(``cg_*`` fixtures, the ledger audit) loads only with ``creditgate_fixtures = true`` in the ini file.
+Installed with ``pip install creditgate-harness`` (``./harness`` in the creditgate repository); pytest loads it by
+itself. It knows no application: a project names its app and schema in its ini file, or overrides the fixtures
+(``asgi_app``, ``database_setup``, ``database_check``) from a conftest or a plugin of its own.
 
-This module imports nothing of the harness or the gateway: the fixture modules load in ``pytest_configure``,
-after pytest-cov has started, so ``pytest --cov`` measures them (and the code they import) from their first line.
+This module imports nothing of the harness: the fixture modules load in ``pytest_configure``, after pytest-cov has
+started, so ``pytest --cov`` measures them (and the code they import) from their first line.
 """
 
 from __future__ import annotations
@@ -44,16 +45,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--flow-report",
         metavar="PATH",
         default=None,
-        help="write a Markdown report of the tests using the `cg_flow` fixture (steps, pass/fail, balances)",
+        help="write a Markdown report of the flows tests record (creditgate_harness.report.Flow: steps, balances)",
     )
     parser.addini("harness_services", "default for --harness-services", default="")
     parser.addini("harness_db", "default for --harness-db", default="sqlite")
     parser.addini("asgi_app", 'the ASGI app async_client and live_server run: "pkg.module:app" or "pkg:factory()"')
     parser.addini("harness_metadata", 'database_url schema: SQLAlchemy metadata, "pkg.models:Base.metadata"')
     parser.addini("harness_alembic_ini", "database_url schema: an alembic.ini to upgrade to head")
-    parser.addini(
-        "creditgate_fixtures", "load the creditgate gateway layer (cg_* fixtures)", type="bool", default=False
-    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -72,9 +70,6 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"harness_services = {services!r}: set it to one of {', '.join(BACKENDS)} in your ini file"
         )
-    if config.getini("creditgate_fixtures"):
-        config.addinivalue_line("markers", "no_audit: skip the ledger audit after this test")
-        config.pluginmanager.import_plugin("creditgate_harness.gateway")
     controller = not hasattr(config, "workerinput")  # the xdist controller, or a plain run
     report = config.getoption("flow_report")
     if report and controller:

@@ -31,9 +31,9 @@ from creditgate.auth import service as auth
 from creditgate.db.models import Account, ApiKey, Base, Membership
 from creditgate.main import create_app
 from creditgate.settings import Settings
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import migrate
 from creditgate_harness.fakes.providers import FakeProvider
-from creditgate_harness.gateway import migrate
 
 METHODS = ("get", "put", "post", "delete", "patch")
 DOMAIN = "matrix.test"

@@ -28,9 +28,9 @@ from sqlalchemy import func, select
 from creditgate.catalog.service import Catalog, ModelConfig, ModelRoute, ProviderConfig
 from creditgate.db.models import Account, Hold, UsageRecord
 from creditgate.runtime import Runtime
-from creditgate_harness.catalog import FAKE_UPSTREAM
+from creditgate.testing.catalog import FAKE_UPSTREAM
+from creditgate.testing.gateway import TestUser, UserFactory
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.gateway import TestUser, UserFactory
 from creditgate_harness.oracle import Pricing
 
 PRICES = {"oa-model": (Decimal("0.003"), Decimal("0.015")), "an-model": (Decimal("0.003"), Decimal("0.015"))}

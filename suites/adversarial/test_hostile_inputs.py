@@ -21,8 +21,8 @@ from sqlalchemy import func, select
 from creditgate.db.models import Hold, UsageRecord
 from creditgate.runtime import Runtime
 from creditgate.settings import Settings
+from creditgate.testing.gateway import TestUser
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.gateway import TestUser
 
 LIMIT = 64 * 1024
 

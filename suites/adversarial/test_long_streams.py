@@ -19,8 +19,8 @@ from creditgate.db.models import Hold
 from creditgate.ledger.sweeper import sweep_once
 from creditgate.runtime import Runtime
 from creditgate.settings import Settings
+from creditgate.testing.gateway import UserFactory
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.gateway import UserFactory
 from creditgate_harness.oracle import Pricing
 
 TTL = 3

@@ -19,8 +19,8 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from creditgate.testing.gateway import GatewayFactory, TestUser, UserFactory
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.gateway import GatewayFactory, TestUser, UserFactory
 
 CHAT = "/v1/chat/completions"
 

@@ -25,9 +25,9 @@ from creditgate.catalog.service import Catalog, ModelConfig, ModelRoute, Provide
 from creditgate.providers import ADAPTERS
 from creditgate.providers.base import ChatCall
 from creditgate.settings import Settings
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import TestUser, UserFactory
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.gateway import TestUser, UserFactory
 
 THRESHOLD = 3  # the breaker opens after this many consecutive failures
 CHAT = "/v1/chat/completions"

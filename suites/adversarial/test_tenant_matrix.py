@@ -53,7 +53,7 @@ from creditgate.db.migrate import head_revision
 from creditgate.main import create_app
 from creditgate.runtime import Runtime
 from creditgate.settings import Settings
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.catalog import catalog_for_tests
 from creditgate_harness.fakes.providers import FakeProvider
 from creditgate_harness.fakes.signers import LAGO_HMAC_KEY, TELEGRAM_BOT_TOKEN
 from creditgate_harness.fixtures.database import DatabaseCheck

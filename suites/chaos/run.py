@@ -42,7 +42,7 @@ import httpx
 import sqlalchemy as sa
 
 from creditgate.db.engine import create_engine
-from creditgate_harness.auditor import AuditReport, audit_url
+from creditgate.testing.auditor import AuditReport, audit_url
 from creditgate_harness.oracle import OracleReport, Pricing, Served, parse_marker
 from creditgate_harness.services.base import run_sync
 from suites.load.provision import Admin, Provisioned, deactivate, provision, wait_for_holds

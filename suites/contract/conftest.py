@@ -17,12 +17,12 @@ from cryptography.fernet import Fernet
 from creditgate.auth import service as auth
 from creditgate.catalog.service import Catalog, ModelConfig, ModelRoute, ProviderConfig
 from creditgate.db.engine import create_engine, create_sessionmaker
-from creditgate_harness.auditor import audit_url
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.auditor import audit_url
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import migrate, start_gateway
 from creditgate_harness.fakes.providers import FakeProvider
 from creditgate_harness.fakes.signers import LAGO_HMAC_KEY, TELEGRAM_BOT_TOKEN
 from creditgate_harness.fakes.stripe import FakeStripe
-from creditgate_harness.gateway import migrate, start_gateway
 from creditgate_harness.servers import LiveServer, ThreadedServer
 from creditgate_harness.services.base import run_sync
 

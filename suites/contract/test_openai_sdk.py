@@ -6,8 +6,8 @@ import httpx
 import openai
 import pytest
 
+from creditgate.testing.gateway import TestUser, UserFactory
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.gateway import TestUser, UserFactory
 
 pytestmark = pytest.mark.contract
 

@@ -31,7 +31,7 @@ from schemathesis.checks import negative_data_rejection, positive_data_acceptanc
 
 from creditgate.main import create_app
 from creditgate.settings import Settings
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.catalog import catalog_for_tests
 from suites.contract.case_count import count_schema_case
 from suites.contract.conftest import ContractGateway
 

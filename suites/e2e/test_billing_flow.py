@@ -8,9 +8,9 @@ import random
 import httpx
 import pytest
 
+from creditgate.testing.gateway import GatewayFactory, UserFactory, gateway_env, stripe_settings
 from creditgate_harness.fakes.stripe import StripeWebhooks
 from creditgate_harness.fixtures.fakes import StripeFake
-from creditgate_harness.gateway import GatewayFactory, UserFactory, gateway_env, stripe_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
 

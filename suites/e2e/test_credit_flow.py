@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from creditgate.catalog import pricing
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import GatewayFactory, UserFactory
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.gateway import GatewayFactory, UserFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
 CHAT = "/v1/chat/completions"

@@ -15,10 +15,10 @@ import pytest
 import redis.asyncio as redis
 from cryptography.fernet import Fernet
 
+from creditgate.testing.gateway import GatewayFactory, TestUser, UserFactory, gateway_env, stripe_settings
 from creditgate_harness.fakes.providers import FakeProvider, Reply
 from creditgate_harness.fakes.stripe import StripeWebhooks
 from creditgate_harness.fixtures.fakes import StripeFake
-from creditgate_harness.gateway import GatewayFactory, TestUser, UserFactory, gateway_env, stripe_settings
 from creditgate_harness.report import Flow
 from creditgate_harness.services import Service
 

@@ -24,7 +24,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from creditgate.system import demo
-from creditgate_harness.auditor import audit_url
+from creditgate.testing.auditor import audit_url
 from creditgate_harness.services.base import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

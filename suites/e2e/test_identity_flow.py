@@ -12,13 +12,13 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
+from creditgate.testing.gateway import GatewayFactory, gateway_env, stripe_settings
 from creditgate_harness.fakes.modes import Fake
 from creditgate_harness.fakes.oidc import FakeOidcIssuer
 from creditgate_harness.fakes.receiver import NotificationReceiver
 from creditgate_harness.fakes.signers import LAGO_HMAC_KEY, lago_webhook
 from creditgate_harness.fakes.stripe import StripeWebhooks
 from creditgate_harness.fixtures.fakes import StripeFake
-from creditgate_harness.gateway import GatewayFactory, gateway_env, stripe_settings
 from creditgate_harness.report import Flow
 from creditgate_harness.services import Service
 from creditgate_harness.wait import until

@@ -21,12 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from creditgate.ledger import service as ledger
+from creditgate.testing.gateway import GatewayFactory, UserFactory, gateway_env, stripe_settings
 from creditgate_harness.fakes.modes import Fake
 from creditgate_harness.fakes.providers import FakeProvider, Fault
 from creditgate_harness.fakes.receiver import NotificationReceiver
 from creditgate_harness.fakes.stripe import StripeWebhooks
 from creditgate_harness.fixtures.fakes import StripeFake
-from creditgate_harness.gateway import GatewayFactory, UserFactory, gateway_env, stripe_settings
 from creditgate_harness.wait import until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]

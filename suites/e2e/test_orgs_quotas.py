@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from creditgate.testing.gateway import GatewayFactory, TestUser, UserFactory
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.gateway import GatewayFactory, TestUser, UserFactory
 from creditgate_harness.servers import LiveServer
 from creditgate_harness.services import Service
 

@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from creditgate.catalog.service import Catalog, ModelRoute, ProviderConfig
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import GatewayFactory, UserFactory, start_gateway
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.gateway import GatewayFactory, UserFactory, start_gateway
 from creditgate_harness.servers import ThreadedServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]

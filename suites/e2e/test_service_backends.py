@@ -11,11 +11,11 @@ from asgi_lifespan import LifespanManager
 
 from creditgate.main import create_app
 from creditgate.settings import Settings
-from creditgate_harness.auditor import audit_url
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.auditor import audit_url
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import migrate
 from creditgate_harness.fakes.providers import FakeProvider, Reply
 from creditgate_harness.fixtures.services import in_ci
-from creditgate_harness.gateway import migrate
 from creditgate_harness.services import ServiceUnavailable, start_postgres
 from creditgate_harness.services.postgres import create_database, drop_database
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import httpx
 
-from creditgate_harness.auditor import AuditReport, CannotAudit, Violation, audit_url
+from creditgate.testing.auditor import AuditReport, CannotAudit, Violation, audit_url
 from creditgate_harness.oracle import OracleReport, Outcome, Payment, Pricing, Served, books_from_audit, check_money
 from creditgate_harness.services import start_postgres
 from creditgate_harness.services.base import free_port

@@ -25,8 +25,8 @@ import httpx
 
 from creditgate.auth import service as auth
 from creditgate.db.engine import create_engine, create_sessionmaker
-from creditgate_harness.catalog import catalog_for_tests
-from creditgate_harness.gateway import migrate, start_gateway
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import migrate, start_gateway
 from creditgate_harness.servers import LiveServer
 from creditgate_harness.services import Service, start_postgres, start_redis
 from creditgate_harness.services.base import free_port, run_sync

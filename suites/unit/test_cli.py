@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from creditgate.cli import build_parser, main
-from creditgate_harness.auditor import audit_url
+from creditgate.testing.auditor import audit_url
 from creditgate_harness.services.base import free_port
 
 

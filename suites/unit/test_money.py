@@ -16,7 +16,7 @@ from creditgate.money import (
     to_hundredths,
     usd_to_credits,
 )
-from creditgate_harness.strategies import increments, margins, vendor_costs
+from creditgate.testing.strategies import increments, margins, vendor_costs
 
 CV = Decimal("0.01")
 

@@ -1,6 +1,6 @@
 """The ledger invariants, checked read-only for ``GET /admin/ledger/audit`` (whole ledger or some accounts).
 
-The same invariants as the harness's auditor (``creditgate_harness/auditor.py``), written again here so a deployed
+The same invariants as the test auditor (``creditgate/testing/auditor.py``), written again here so a deployed
 gateway can answer without the test harness; a unit test runs both on the same corrupted ledgers and expects the
 same findings:
 

@@ -8,6 +8,9 @@ Served on a real port (``fake_oidc`` fixture), it answers::
 
 ``rotate()`` adds a new signing key (old tokens keep verifying while their key is published);
 ``retire(kid)`` removes one. ``mint(...)`` signs any claims: expired, wrong audience, another key, ES256.
+
+Keys and tokens need the ``oidc`` extra (``pip install "creditgate-harness[oidc]"``: PyJWT, cryptography); this
+module is imported only when a test uses the fake (``fake_oidc``, ``FakeOidcIssuer``).
 """
 
 from __future__ import annotations
@@ -19,8 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+try:
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+except ImportError as exc:  # pragma: no cover - the extra is installed wherever the suites run
+    raise ImportError(
+        f"the fake OIDC issuer needs PyJWT and cryptography ({exc}): pip install 'creditgate-harness[oidc]'"
+    ) from exc
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse

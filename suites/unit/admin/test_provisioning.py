@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from creditgate.admin.ledger_audit import audit_ledger
 from creditgate.db.engine import create_engine
-from creditgate_harness.auditor import AuditReport, audit_url
-from creditgate_harness.gateway import TestUser
+from creditgate.testing.auditor import AuditReport, audit_url
+from creditgate.testing.gateway import TestUser
 
 CHAT = {"model": "test-model", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
 

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from creditgate_harness.gateway import TestUser
+from creditgate.testing.gateway import TestUser
 
 
 async def test_non_admin_gets_403(async_client: httpx.AsyncClient, cg_funded_user: TestUser) -> None:

@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from creditgate.billing.service import calculate_credit_amount
 from creditgate.db.models import Payment
 from creditgate.settings import Settings
+from creditgate.testing.gateway import TestUser, UserFactory
 from creditgate_harness.fakes.stripe import StripeWebhooks
 from creditgate_harness.fixtures.fakes import StripeFake
-from creditgate_harness.gateway import TestUser, UserFactory
 
 
 @pytest.mark.parametrize(

@@ -24,10 +24,10 @@ from creditgate.auth import service as auth
 from creditgate.db.engine import create_engine, create_sessionmaker
 from creditgate.main import create_app
 from creditgate.settings import Settings
-from creditgate_harness.auditor import audit
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.auditor import audit
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import migrate
 from creditgate_harness.fakes.stripe import FakeStripe, StripeWebhooks
-from creditgate_harness.gateway import migrate
 from creditgate_harness.servers import ThreadedServer
 
 pytestmark = pytest.mark.critical

@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from creditgate.db.models import Account, LedgerEntry, Org, Payment, Subscription
+from creditgate.testing.gateway import TestUser, UserFactory
 from creditgate_harness.fakes.stripe import StripeWebhooks, sign_payload
 from creditgate_harness.fixtures.fakes import StripeFake
-from creditgate_harness.gateway import TestUser, UserFactory
 
 pytestmark = pytest.mark.critical
 

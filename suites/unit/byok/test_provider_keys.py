@@ -8,8 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from creditgate.db.models import ProviderKey
+from creditgate.testing.gateway import TestUser
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.gateway import TestUser
 
 KEYS = "/user/provider-keys"
 BODY = {"model": "test-model", "max_tokens": 500, "messages": [{"role": "user", "content": "hi"}]}

@@ -13,8 +13,8 @@ import pytest
 from creditgate import cache
 from creditgate.db.engine import libpq_url
 from creditgate.runtime import Runtime
+from creditgate.testing.gateway import TestUser, UserFactory
 from creditgate_harness import until
-from creditgate_harness.gateway import TestUser, UserFactory
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "test-model", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}

@@ -22,6 +22,7 @@ import pytest
 
 from creditgate.billing import webhooks
 from creditgate.ledger import service as ledger_service
+from creditgate.testing.gateway import TestUser
 from creditgate_harness import (
     Books,
     FakeProvider,
@@ -37,7 +38,6 @@ from creditgate_harness import (
     sign_payload,
 )
 from creditgate_harness.fixtures.fakes import StripeFake
-from creditgate_harness.gateway import TestUser
 
 D = Decimal
 PRICING = Pricing({"m": (D("0.0025"), D("0.01"))}, margin=D("1.5"), credit_value_usd=D("0.01"), increment=D("0.01"))

@@ -9,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from creditgate.testing.gateway import TestUser
 from creditgate_harness.fakes.signers import LAGO_HMAC_KEY, TELEGRAM_BOT_TOKEN, lago_webhook, telegram_init_data
-from creditgate_harness.gateway import TestUser
 
 LAGO = "/integrations/lago/webhook"
 TELEGRAM = "/auth/telegram/exchange"

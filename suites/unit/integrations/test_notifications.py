@@ -9,9 +9,9 @@ import httpx
 from fastapi import FastAPI
 
 from creditgate.notifications.delivery import backoff, sign
+from creditgate.testing.gateway import TestUser, UserFactory
 from creditgate_harness.fakes.modes import Fake
 from creditgate_harness.fakes.receiver import NotificationReceiver, signature_ok
-from creditgate_harness.gateway import TestUser, UserFactory
 from creditgate_harness.wait import until
 
 CHAT = "/v1/chat/completions"

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from creditgate.errors import InsufficientCredits
 from creditgate.ledger import service as ledger
-from creditgate_harness.gateway import TestUser
+from creditgate.testing.gateway import TestUser
 
 pytestmark = [pytest.mark.critical, pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)]
 

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from creditgate.db.models import Account, Hold, LedgerEntry, Membership, Org, UsageRecord
 from creditgate.ledger import service as ledger
 from creditgate.ledger.fast import PostgresLedger, Usage
-from creditgate_harness.gateway import TestUser, UserFactory
+from creditgate.testing.gateway import TestUser, UserFactory
 
 pytestmark = [pytest.mark.critical, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
 TTL = 300.0

@@ -13,7 +13,7 @@ from creditgate.db.models import Hold, utcnow
 from creditgate.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound
 from creditgate.ledger import service as ledger
 from creditgate.ledger.sweeper import sweep_once
-from creditgate_harness.gateway import TestUser, UserFactory
+from creditgate.testing.gateway import TestUser, UserFactory
 
 TTL = timedelta(minutes=10)
 SM = async_sessionmaker[AsyncSession]

@@ -24,9 +24,9 @@ from creditgate.db.models import Hold, utcnow
 from creditgate.errors import InsufficientCredits
 from creditgate.ledger import service as ledger
 from creditgate.ledger.sweeper import sweep_once
-from creditgate_harness.auditor import audit
-from creditgate_harness.gateway import migrate
-from creditgate_harness.strategies import credit_amounts
+from creditgate.testing.auditor import audit
+from creditgate.testing.gateway import migrate
+from creditgate.testing.strategies import credit_amounts
 
 pytestmark = pytest.mark.critical
 

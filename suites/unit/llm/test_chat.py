@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from creditgate.catalog import pricing
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import TestUser, UserFactory
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.gateway import TestUser, UserFactory
 
 CHAT = "/v1/chat/completions"
 

@@ -8,8 +8,8 @@ from decimal import Decimal
 import httpx
 import openai
 
+from creditgate.testing.gateway import TestUser
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.gateway import TestUser
 from suites.unit.llm.test_chat import balance
 from suites.unit.llm.test_messages import cg_catalog, claude_charge, last_usage
 

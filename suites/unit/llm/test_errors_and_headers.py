@@ -7,8 +7,8 @@ import httpx
 import pytest
 
 from creditgate.runtime import Runtime
+from creditgate.testing.gateway import TestUser, UserFactory
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.gateway import TestUser, UserFactory
 from suites.unit.llm.test_chat import CHAT, body
 
 

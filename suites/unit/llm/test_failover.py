@@ -6,9 +6,9 @@ import httpx
 import pytest
 
 from creditgate.catalog.service import Catalog, ModelRoute, ProviderConfig
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import TestUser
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.gateway import TestUser
 from suites.unit.llm.test_chat import CHAT, body
 
 

@@ -16,8 +16,8 @@ from creditgate.db.models import Hold, utcnow
 from creditgate.ledger import service as ledger
 from creditgate.ledger.sweeper import sweep_once
 from creditgate.runtime import Runtime
+from creditgate.testing.gateway import TestUser
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.gateway import TestUser
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "test-model", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}

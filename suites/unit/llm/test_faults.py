@@ -9,8 +9,8 @@ import pytest
 
 from creditgate.runtime import Runtime
 from creditgate.settings import Settings
+from creditgate.testing.gateway import TestUser
 from creditgate_harness.fakes.providers import FakeProvider, Fault
-from creditgate_harness.gateway import TestUser
 from suites.unit.llm.test_chat import CHAT, balance, body
 
 FAULTS = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from creditgate.testing.gateway import TestUser
 from creditgate_harness.fakes.providers import FakeProvider, Fault
-from creditgate_harness.gateway import TestUser
 
 IMAGES = "/v1/images/generations"
 

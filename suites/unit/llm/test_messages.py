@@ -13,9 +13,9 @@ from fastapi import FastAPI
 
 from creditgate.catalog import pricing
 from creditgate.catalog.service import Catalog, ModelConfig, ModelRoute, ProviderConfig
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import TestUser, UserFactory
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.gateway import TestUser, UserFactory
 from suites.unit.llm.test_chat import balance, expected_charge
 from suites.unit.llm.test_chat import body as chat_body
 

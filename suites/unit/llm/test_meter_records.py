@@ -19,8 +19,8 @@ from creditgate.db.models import Hold, UsageRecord
 from creditgate.llm.metering import Meter
 from creditgate.runtime import Runtime
 from creditgate.settings import Settings
+from creditgate.testing.gateway import TestUser, UserFactory
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.gateway import TestUser, UserFactory
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "test-model", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}

@@ -9,8 +9,8 @@ import pytest
 from fastapi import FastAPI
 
 from creditgate.catalog.service import Catalog, ModelConfig, ModelRoute, ProviderConfig
-from creditgate_harness.catalog import catalog_for_tests
-from creditgate_harness.gateway import TestUser
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import TestUser
 from suites.unit.llm.test_messages import sdk as anthropic_sdk
 
 

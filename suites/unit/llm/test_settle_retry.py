@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from creditgate.runtime import Runtime
+from creditgate.testing.gateway import TestUser
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.gateway import TestUser
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "test-model", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}

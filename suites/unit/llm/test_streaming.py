@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from creditgate.catalog import pricing
+from creditgate.testing.gateway import TestUser
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.gateway import TestUser
 from suites.unit.llm.test_chat import balance, body, expected_charge
 
 pytestmark = pytest.mark.critical

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from creditgate_harness.auditor import AuditReport, Violation
+from creditgate.testing.auditor import AuditReport, Violation
 from suites.load import run
 
 ARGS = argparse.Namespace(max_error_rate=0.0, max_p95_ms=2000.0)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from creditgate.observability.logs import REQUEST_LOGGER, JsonFormatter, RedactingFormatter, logging_config, redact
-from creditgate_harness.gateway import TestUser
+from creditgate.testing.gateway import TestUser
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "test-model", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}

@@ -15,11 +15,11 @@ from creditgate.catalog.service import Catalog, ModelRoute, ProviderConfig
 from creditgate.ledger import service as ledger
 from creditgate.runtime import Runtime
 from creditgate.settings import Settings
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import TestUser, UserFactory
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
 from creditgate_harness.fakes.stripe import StripeWebhooks
 from creditgate_harness.fixtures.fakes import StripeFake
-from creditgate_harness.gateway import TestUser, UserFactory
 from creditgate_harness.services.base import free_port
 from creditgate_harness.wait import until
 

@@ -19,7 +19,7 @@ from creditgate.errors import InsufficientCredits
 from creditgate.ledger import service as ledger
 from creditgate.orgs import service
 from creditgate.runtime import Runtime
-from creditgate_harness.gateway import TestUser, UserFactory
+from creditgate.testing.gateway import TestUser, UserFactory
 from suites.unit.orgs.test_orgs import CHAT, chat, join, make_org
 
 SM = async_sessionmaker[AsyncSession]

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from creditgate.db.models import Hold, Membership
 from creditgate.ledger import service as ledger
 from creditgate.orgs.service import org_account_id
-from creditgate_harness.gateway import TestUser, UserFactory
+from creditgate.testing.gateway import TestUser, UserFactory
 from suites.unit.orgs.test_orgs import CHAT, chat, join, make_org
 
 SM = async_sessionmaker[AsyncSession]

@@ -8,8 +8,8 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from creditgate.testing.gateway import TestUser, UserFactory
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.gateway import TestUser, UserFactory
 
 CHAT = "/v1/chat/completions"
 

@@ -20,9 +20,9 @@ from creditgate.errors import InvalidRequest, ProviderUnavailable
 from creditgate.providers.base import ChatCall, Turn
 from creditgate.providers.pool import CallerLimiter, ProviderPool
 from creditgate.settings import Settings
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import TestUser, UserFactory
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.gateway import TestUser, UserFactory
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "test-model", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}

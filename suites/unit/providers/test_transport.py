@@ -19,10 +19,10 @@ from creditgate.catalog.service import Catalog, ModelRoute, ProviderConfig
 from creditgate.main import create_app
 from creditgate.providers.transport import providers_transport
 from creditgate.settings import Settings
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import TestUser
 from creditgate_harness.fakes.modes import Fake
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
-from creditgate_harness.gateway import TestUser
 from creditgate_harness.services.base import free_port
 from suites.unit.llm.test_chat import balance, body, expected_charge
 

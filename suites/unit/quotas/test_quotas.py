@@ -12,9 +12,9 @@ from asgi_lifespan import LifespanManager
 from creditgate.main import create_app
 from creditgate.quotas.service import load_plans, period_end
 from creditgate.settings import Settings
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import TestUser
 from creditgate_harness.fakes.providers import FakeProvider, Reply
-from creditgate_harness.gateway import TestUser
 from creditgate_harness.services import Service
 
 CHAT = "/v1/chat/completions"

@@ -16,7 +16,7 @@ from creditgate.auth import service as auth
 from creditgate.cache import Caches
 from creditgate.db.models import Account, ApiKey, LedgerEntry, Membership, Org, utcnow
 from creditgate.errors import Conflict
-from creditgate_harness.gateway import TestUser
+from creditgate.testing.gateway import TestUser
 
 SM = async_sessionmaker[AsyncSession]
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from creditgate_harness.gateway import TestUser
+from creditgate.testing.gateway import TestUser
 
 CHAT = {"model": "test-model", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
 

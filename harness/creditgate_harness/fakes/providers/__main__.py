@@ -1,4 +1,4 @@
-"""Run the fake provider as a real server: ``python -m harness.fakes.providers --port 9100``."""
+"""Run the fake provider as a real server: ``python -m creditgate_harness.fakes.providers --port 9100``."""
 
 from __future__ import annotations
 

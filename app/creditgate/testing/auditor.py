@@ -9,7 +9,7 @@ Checks, per account and per hold:
 - no idempotency key was applied twice.
 
 Use it from tests (with ``creditgate_fixtures = true`` it runs after every test that used ``database_url``),
-or on a live database after a load run: ``python -m creditgate_harness.auditor postgresql+asyncpg://...``
+or on a live database after a load run: ``python -m creditgate.testing.auditor postgresql+asyncpg://...``
 (exit 0: clean; 1: a violation; 2: cannot audit — unreachable, or not a creditgate database).
 """
 

@@ -1,9 +1,10 @@
 """The creditgate layer (opt-in): the gateway under test, its data, its ledger audit and flow reports.
 
-Turned on by ``creditgate_fixtures = true`` in the ini file (this repository does). Every fixture here is
-named ``cg_*``. It also fills in the generic layer for the gateway: ``database_setup`` runs our Alembic
-migrations, ``database_check`` audits the ledger after every test (unless marked ``no_audit``), and
-``asgi_app`` is the gateway, so ``async_client`` calls it.
+Loaded by ``creditgate.testing.plugin`` when the ini file says ``creditgate_fixtures = true`` (this repository
+does). Every fixture here is named ``cg_*``. It also fills in the generic layer of the harness
+(``creditgate_harness``) for the gateway: ``database_setup`` runs our Alembic migrations, ``database_check``
+audits the ledger after every test (unless marked ``no_audit``), and ``asgi_app`` is the gateway, so
+``async_client`` calls it.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from creditgate.db.migrate import upgrade
 from creditgate.main import create_app
 from creditgate.runtime import Runtime
 from creditgate.settings import Settings
-from creditgate_harness.auditor import AuditReport, audit_url
-from creditgate_harness.catalog import catalog_for_tests
+from creditgate.testing.auditor import AuditReport, audit_url
+from creditgate.testing.catalog import catalog_for_tests
 from creditgate_harness.fakes.modes import Fake, serve
 from creditgate_harness.fakes.providers import FakeProvider
 from creditgate_harness.fakes.signers import LAGO_HMAC_KEY, TELEGRAM_BOT_TOKEN
