@@ -86,9 +86,17 @@ def adversarial(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def tests(session: nox.Session) -> None:
-    """unit + contract + e2e in one xdist pool under coverage (what CI runs: one install, both cores busy)."""
+    """unit + contract + e2e + adversarial in one xdist pool under coverage (CI's way: one install, every core busy)."""
     install(session, "test")
-    pytest(session, "suites/unit", "suites/contract", "suites/e2e", "--flow-report=reports/e2e-report.md")
+    pytest(
+        session,
+        "suites/unit",
+        "suites/contract",
+        "suites/e2e",
+        "suites/adversarial",
+        "--flow-report=reports/e2e-report.md",
+        "--hypothesis-show-statistics",
+    )
 
 
 @nox.session(default=False)
@@ -178,7 +186,7 @@ def ci(session: nox.Session) -> None:
     the short chaos run (every fault, judged by the money oracle) and the mutation gate on money and pricing."""
     for stale in (f for f in os.listdir(".") if f.startswith(".coverage")):
         os.remove(stale)
-    for name in ("lint", "typecheck", "tests", "adversarial", "coverage", "example"):
+    for name in ("lint", "typecheck", "tests", "coverage", "example"):  # tests includes the adversarial suite
         session.notify(name)
     session.notify("chaos", ["--short"])
     session.notify("mutants", ["--shard", "money"])
