@@ -79,7 +79,8 @@ def e2e(session: nox.Session) -> None:
 
 @nox.session
 def adversarial(session: nox.Session) -> None:
-    """The suites as an attacker: cost coverage, tenant matrix, noisy neighbours, signed garbage, long streams."""
+    """The suites as an attacker: cost coverage, long streams, noisy neighbours, membership, signed garbage,
+    hostile inputs, the tenant matrix (CI runs it inside the tests session's pool)."""
     install(session, "test")
     pytest(session, "suites/adversarial", "--hypothesis-show-statistics")
 
