@@ -14,6 +14,7 @@ values. For every request:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from decimal import Decimal
 from typing import Any
@@ -500,4 +501,35 @@ async def test_usage_beyond_the_balance_is_charged_to_zero_and_recorded(
     _, charged, unrecovered = await _charged(cg_runtime, response.headers["X-Request-Id"])
     price = _hundredths(PRICING.credits(model, prompt_tokens=2_000_000, completion_tokens=5))
     assert (charged, unrecovered) == (300, price - 300)
+    assert await _books(cg_runtime, user) == (0, 0)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+async def test_concurrent_usage_beyond_the_balance_never_takes_it_below_zero(
+    async_client: httpx.AsyncClient,
+    cg_runtime: Runtime,
+    cg_upstream: FakeProvider,
+    cg_user_factory: UserFactory,
+    database_url: str,
+) -> None:
+    """Races with its own requests: eight at once, each billed far beyond its hold, share one balance (in one
+    group-committed batch on Postgres). Together they take exactly what there was, never more, and every credit
+    they could not pay is on record."""
+    user = await cg_user_factory(credits=3)
+    cg_upstream.push(*[Reply(prompt_tokens=200_000, completion_tokens=5)] * 8)
+    body = {"model": "oa-model", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    answers = await asyncio.gather(
+        *[async_client.post("/v1/chat/completions", json=body, headers=user.headers) for _ in range(8)]
+    )
+    answered = [a for a in answers if a.status_code == 200]
+    assert answered, [a.status_code for a in answers]
+    assert {a.status_code for a in answers} <= {200, 402}
+    price = _hundredths(PRICING.credits("oa-model", prompt_tokens=200_000, completion_tokens=5))
+    charged = unrecovered = 0
+    for answer in answered:
+        _, paid, lost = await _charged(cg_runtime, answer.headers["X-Request-Id"])
+        assert paid + lost == price
+        charged, unrecovered = charged + paid, unrecovered + lost
+    assert charged == 300
+    assert unrecovered == price * len(answered) - 300
     assert await _books(cg_runtime, user) == (0, 0)

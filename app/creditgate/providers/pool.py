@@ -167,6 +167,8 @@ def _byok_refusal(provider: ProviderConfig, api_key: str, failure: _Failed) -> G
 class CallerLimiter:
     """A token bucket per caller, in this process: at most ``burst`` at once, refilled at ``per_minute``.
 
+    It counts vendor calls over clock seconds, never credits: no money passes through its floats.
+
     Idle callers' buckets (full again) are dropped once more than ``max_callers`` are kept, so memory stays
     bounded by the callers active within about ``burst / per_minute`` minutes.
     """
