@@ -326,7 +326,7 @@ async def settle_hold(
     closed = await _close(session, hold_id=hold_id, status="settled", charge=wanted)
     if closed is not None:
         if wanted > closed.amount:  # the upstream served more than was held: the rest from what is left
-            extra = await _spendable(session, account_id=closed.account_id, membership_id=closed.membership_id)
+            extra, _ = await _spendable(session, account_id=closed.account_id, membership_id=closed.membership_id)
             extra = min(wanted - closed.amount, extra)
             if extra > 0:
                 closed = replace(closed, charged=closed.charged + extra)
@@ -350,8 +350,8 @@ async def settle_hold(
     if row.status != "expired":
         raise Conflict(f"hold {hold_id} is already {row.status}")
     # The sweeper released this hold before the request finished: the full price, from what the balance allows.
-    late_units = min(wanted, await _spendable(session, account_id=row.account_id, membership_id=row.membership_id))
-    current = await session.scalar(select(Account.balance).where(Account.id == row.account_id))
+    spendable, current = await _spendable(session, account_id=row.account_id, membership_id=row.membership_id)
+    late_units = min(wanted, spendable)
     await session.execute(update(Hold).where(Hold.id == hold_id).values(charged=late_units))
     await _adjust_allocation(session, row.membership_id, late_units)
     if late_units:
@@ -369,14 +369,14 @@ async def settle_hold(
                 "description": (description or "") + " (settled after hold expiry)",
             },
         )
-    left = (current or 0) - late_units
+    left = current - late_units
     metrics.credits(session, charged=from_hundredths(late_units))
     return SettleResult(from_hundredths(late_units), Decimal("0.00"), late=True, balance=from_hundredths(left))
 
 
-async def _spendable(session: AsyncSession, *, account_id: int, membership_id: int | None) -> int:
-    """What a charge beyond a hold may still take: the balance, and for a member also their allocation's room.
-    Locks the rows in ``place_hold``'s order (allocation, then account)."""
+async def _spendable(session: AsyncSession, *, account_id: int, membership_id: int | None) -> tuple[int, int]:
+    """(what a charge beyond a hold may still take, the balance): the balance, and for a member also their
+    allocation's room. Locks the rows in ``place_hold``'s order (allocation, then account)."""
     room: int | None = None
     if membership_id is not None:
         row = (
@@ -386,7 +386,7 @@ async def _spendable(session: AsyncSession, *, account_id: int, membership_id: i
         ).one_or_none()
         room = 0 if row is None else row.allocation - row.used  # a seat gone since: nothing beyond the hold
     balance = await session.scalar(select(Account.balance).where(Account.id == account_id).with_for_update()) or 0
-    return max(0, min(balance, balance if room is None else room))
+    return max(0, min(balance, balance if room is None else room)), balance
 
 
 async def release_hold(
