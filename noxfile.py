@@ -115,6 +115,13 @@ def example(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def docs(session: nox.Session) -> None:
+    """The docs site: mkdocs build --strict into build/site (a broken link, page or docstring fails it)."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "docs"))
+    session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session(default=False)
 def smoke(session: nox.Session) -> None:
     """Read-only checks of a deployment: nox -s smoke -- --base-url https://… (or BASE_URL, SMOKE_API_KEY)."""
     session.install(*nox.project.dependency_groups(PYPROJECT, "smoke"))
@@ -183,11 +190,11 @@ def coverage(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def ci(session: nox.Session) -> None:
-    """Everything CI gates on: lint, types, all suites under coverage, the coverage gates, the example project,
-    the short chaos run (every fault, judged by the money oracle) and the mutation gate on money and pricing."""
+    """Everything CI gates on: lint, types, all suites under coverage, the coverage gates, the example project, the
+    docs site, the short chaos run (every fault, judged by the money oracle) and the mutation gate on money."""
     for stale in (f for f in os.listdir(".") if f.startswith(".coverage")):
         os.remove(stale)
-    for name in ("lint", "typecheck", "tests", "coverage", "example"):  # tests includes the adversarial suite
+    for name in ("lint", "typecheck", "tests", "coverage", "example", "docs"):  # tests includes the adversarial suite
         session.notify(name)
     session.notify("chaos", ["--short"])
     session.notify("mutants", ["--shard", "money"])
