@@ -52,6 +52,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("asgi_app", 'the ASGI app async_client and live_server run: "pkg.module:app" or "pkg:factory()"')
     parser.addini("harness_metadata", 'database_url schema: SQLAlchemy metadata, "pkg.models:Base.metadata"')
     parser.addini("harness_alembic_ini", "database_url schema: an alembic.ini to upgrade to head")
+    parser.addini(
+        "harness_env",
+        "env variables your app reads, set for asgi_app and every live server: NAME={database_url}, "
+        "{redis_url}, {redis_prefix} or a fake's {OPENAI_BASE_URL}…",
+        type="linelist",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -69,11 +69,10 @@ async def test_every_test_gets_a_fresh_database(async_client):
     assert (await async_client.get("/wallets/1")).status_code == 404
 
 
-def test_the_app_on_a_real_port(live_server_factory, database_url, fake_openai_server):
-    server = live_server_factory(env={"WALLET_DATABASE_URL": database_url, **fake_openai_server.env})
-    wallet = httpx.post(f"{server.url}/wallets", json={"owner": "bo", "balance": 20}).json()["id"]
-    fake_openai_server.state.push(Reply(content="over the wire", prompt_tokens=4, completion_tokens=4))
+def test_the_app_on_a_real_port(live_server, fake_openai):  # the same fake, served on a port for the server
+    wallet = httpx.post(f"{live_server.url}/wallets", json={"owner": "bo", "balance": 20}).json()["id"]
+    fake_openai.state.push(Reply(content="over the wire", prompt_tokens=4, completion_tokens=4))
 
-    answer = httpx.post(f"{server.url}/wallets/{wallet}/ask", json={"question": "hi"}).json()
+    answer = httpx.post(f"{live_server.url}/wallets/{wallet}/ask", json={"question": "hi"}).json()
 
     assert answer == {"answer": "over the wire", "balance": 12}
