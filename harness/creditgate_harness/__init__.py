@@ -17,7 +17,13 @@ _WHERE = {
     "InProcess": "creditgate_harness.fakes.modes",
     "LiveServer": "creditgate_harness.servers",
     "NotificationReceiver": "creditgate_harness.fakes.receiver",
+    "AccountBooks": "creditgate_harness.oracle",
     "Books": "creditgate_harness.oracle",
+    "Gate": "creditgate_harness.concurrency",
+    "LedgerCheck": "creditgate_harness.ledger",
+    "LedgerError": "creditgate_harness.ledger",
+    "Shot": "creditgate_harness.concurrency",
+    "fire": "creditgate_harness.concurrency",
     "OracleReport": "creditgate_harness.oracle",
     "Outcome": "creditgate_harness.oracle",
     "Payment": "creditgate_harness.oracle",
@@ -51,12 +57,15 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from creditgate_harness.concurrency import Gate, Shot, fire
     from creditgate_harness.fakes.modes import Fake, InProcess, serve
     from creditgate_harness.fakes.oidc import FakeOidcIssuer
     from creditgate_harness.fakes.providers import FakeProvider, Fault, RecordedCall, Reply
     from creditgate_harness.fakes.receiver import NotificationReceiver
     from creditgate_harness.fakes.stripe import FakeStripe, StripeWebhooks, sign_payload
+    from creditgate_harness.ledger import LedgerCheck, LedgerError
     from creditgate_harness.oracle import (
+        AccountBooks,
         Books,
         OracleReport,
         Outcome,
@@ -73,13 +82,17 @@ if TYPE_CHECKING:
     from creditgate_harness.wait import until
 
 __all__ = [
+    "AccountBooks",
     "Books",
     "Fake",
     "FakeOidcIssuer",
     "FakeProvider",
     "FakeStripe",
     "Fault",
+    "Gate",
     "InProcess",
+    "LedgerCheck",
+    "LedgerError",
     "LiveServer",
     "NotificationReceiver",
     "OracleReport",
@@ -91,10 +104,12 @@ __all__ = [
     "Served",
     "Service",
     "ServiceUnavailable",
+    "Shot",
     "StripeWebhooks",
     "ThreadedServer",
     "books_from_audit",
     "check_money",
+    "fire",
     "free_port",
     "marker",
     "run_sync",

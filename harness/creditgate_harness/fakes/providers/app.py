@@ -8,8 +8,10 @@ in-process through ``httpx.ASGITransport`` or as a server (``python -m harness.f
 
 Script what the next calls get with ``provider.push(Fault.status(503), Reply(completion_tokens=7))``;
 when the script is empty every call gets ``provider.default``. Every call is recorded in ``calls``, and every
-chat completion it actually served (a 2xx answer, or the part of a stream it sent before a cut or a disconnect)
-in ``served``: the money oracle's record of what the upstream delivered (``GET /_fake/served`` on a server).
+completion it actually served (OpenAI chat or Anthropic messages: a 2xx answer, or the part of a stream it sent
+before a cut or a disconnect) in ``served``: the money oracle's record of what the upstream delivered
+(``GET /_fake/served`` on a server). ``gate`` holds every answer until it is set, so concurrent requests overlap
+inside the app (``fire(…, hold=provider)`` sets it once all of them wait).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from creditgate_harness.fakes.providers.storm import Storm
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,24 @@ class Fault:
     def cut_stream(cls, after_chunks: int = 2) -> Fault:
         """A stream that stops after ``after_chunks`` content chunks, with no usage and no [DONE]."""
         return cls(kind="cut", after_chunks=after_chunks)
+
+    def as_json(self) -> dict[str, Any]:
+        """``{"fault": kind, …}`` with the fields that differ from the defaults, as ``/_fake/script`` reads it."""
+        defaults = Fault(self.kind)
+        fields = {name: getattr(self, name) for name in ("status", "retry_after", "seconds", "after_chunks")}
+        return {"fault": self.kind, **{k: v for k, v in fields.items() if v != getattr(defaults, k)}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Fault:
+        """The inverse of ``as_json``: ``{"fault": "status", "status": 503}``."""
+        fields = dict(data)
+        kind = fields.pop("fault", None)
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"fault {kind!r}: one of {', '.join(FAULT_KINDS)}")
+        return cls(kind=str(kind), **fields)
+
+
+FAULT_KINDS = ("status", "hang", "malformed", "cut")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,20 +234,50 @@ def _prompt_text(body: dict[str, Any]) -> str:
 
 @dataclass
 class FakeProvider:
-    """State of one fake upstream: its script, its default reply and the calls it received."""
+    """State of one fake upstream: its script, its default reply, the calls it received and what it served.
+
+    ``gate``: when not ``None``, every call is recorded, takes its scripted step, then waits until the gate is
+    set before it answers — so N concurrent requests all reach the upstream, and all are inside the app at once,
+    before any of them gets an answer (a non-atomic balance check shows up as a double spend). Set it to an
+    ``asyncio.Event`` for an in-process fake, or to ``creditgate_harness.Gate`` (thread-safe) for one serving on
+    a port; ``fire(client, n, …, hold=provider)`` does both and opens the gate once every request waits at it.
+    """
 
     default: Reply | Fault = field(default_factory=Reply)
     calls: list[RecordedCall] = field(default_factory=list)
     served: list[ServedCompletion] = field(default_factory=list)
-    gate: asyncio.Event | None = None  # when set, calls wait for it before answering
+    gate: asyncio.Event | None = None  # not None: calls wait until it is set before answering
     # Bill the prompt as a vendor does, from everything received (``_everything_tokens``), instead of from the
     # messages' text alone: what the adversarial suite's cost-coverage properties hold the gateway to.
     bill_everything: bool = False
+    # The current (or last) storm: faults mixed into the calls the script does not cover, for a while.
+    last_storm: Storm | None = None
     _script: deque[Reply | Fault] = field(default_factory=deque)
 
     def push(self, *steps: Reply | Fault) -> None:
         """Queue what the next calls get, in order."""
         self._script.extend(steps)
+
+    def storm(
+        self,
+        faults: Fault | Mapping[Fault, float],
+        *,
+        rate: float | None = None,
+        seconds: float | None = None,
+        calls: int | None = None,
+        seed: int | None = None,
+    ) -> Storm:
+        """Mix ``faults`` into the next calls (those the script does not cover) until the storm ends.
+
+        One fault at ``rate`` (default 1: every call), or ``{fault: share}``; it ends after ``seconds`` or
+        ``calls``, on ``end()``/``end_storm()``, or with its ``with`` block. Shares are kept exactly and spread
+        evenly (a ``seed`` draws at random instead). A new storm replaces the current one. See ``Storm``."""
+        self.last_storm = Storm.of(faults, rate=rate, seconds=seconds, calls=calls, seed=seed)
+        return self.last_storm
+
+    def end_storm(self) -> Storm | None:
+        """End the current storm (if any); return it, with what it gave."""
+        return self.last_storm.end() if self.last_storm is not None else None
 
     def reset(self) -> None:
         self._script.clear()
@@ -233,9 +285,15 @@ class FakeProvider:
         self.served.clear()
         self.default = Reply()
         self.gate = None
+        self.last_storm = None
 
     def _next(self) -> Reply | Fault:
-        return self._script.popleft() if self._script else self.default
+        if self._script:
+            return self._script.popleft()
+        storm = self.last_storm
+        if storm is not None and storm.active:
+            return storm.next() or self.default
+        return self.default
 
     @functools.cached_property
     def app(self) -> Starlette:
@@ -250,6 +308,9 @@ class FakeProvider:
                 Route("/_fake/script", self._script_endpoint, methods=["POST"]),
                 Route("/_fake/script", self._clear_script, methods=["DELETE"]),
                 Route("/_fake/served", self._served, methods=["GET"]),
+                Route("/_fake/storm", self._storm_endpoint, methods=["POST"]),
+                Route("/_fake/storm", self._storm_state, methods=["GET"]),
+                Route("/_fake/storm", self._end_storm, methods=["DELETE"]),
             ]
         )
 
@@ -413,6 +474,7 @@ class FakeProvider:
         if body.get("stream"):
             return StreamingResponse(self._messages_stream(body, step), media_type="text/event-stream")
         prompt, completion = self._usage(body, step)
+        self._serve(request.url.path, body, False, (prompt, completion), True, step.content, True)
         return JSONResponse(
             {
                 "id": f"msg_{uuid.uuid4().hex[:24]}",
@@ -441,20 +503,28 @@ class FakeProvider:
             "stop_sequence": None,
             "usage": {"input_tokens": prompt, "output_tokens": 1},
         }
-        yield _event({"type": "message_start", "message": message})
-        yield _event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
-        yield _event({"type": "ping"})
-        for i, word in enumerate(reply.content.split(" ")):
-            if cut is not None and i >= cut.after_chunks:
-                return
-            if reply.chunk_delay:
-                await asyncio.sleep(reply.chunk_delay)
-            text = word if i == 0 else " " + word
-            yield _event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})
-        yield _event({"type": "content_block_stop", "index": 0})
-        delta = {"stop_reason": "end_turn", "stop_sequence": None}
-        yield _event({"type": "message_delta", "delta": delta, "usage": {"output_tokens": completion}})
-        yield _event({"type": "message_stop"})
+        sent: list[str] = []
+        usage_sent = complete = False
+        try:
+            yield _event({"type": "message_start", "message": message})
+            yield _event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+            yield _event({"type": "ping"})
+            for i, word in enumerate(reply.content.split(" ")):
+                if cut is not None and i >= cut.after_chunks:
+                    return
+                if reply.chunk_delay:
+                    await asyncio.sleep(reply.chunk_delay)
+                text = word if i == 0 else " " + word
+                yield _event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})
+                sent.append(text)
+            yield _event({"type": "content_block_stop", "index": 0})
+            delta = {"stop_reason": "end_turn", "stop_sequence": None}
+            yield _event({"type": "message_delta", "delta": delta, "usage": {"output_tokens": completion}})
+            usage_sent = True
+            yield _event({"type": "message_stop"})
+            complete = True
+        finally:  # as for chat streams: what was sent is what was served
+            self._serve("/v1/messages", body, True, (prompt, completion), usage_sent, "".join(sent), complete)
 
     async def _count_tokens(self, request: Request) -> Response:
         """Anthropic's token counting: the same count ``/v1/messages`` reports (the script is not consumed)."""
@@ -494,13 +564,32 @@ class FakeProvider:
 
     async def _script_endpoint(self, request: Request) -> Response:
         """Script a running server: ``[{"fault": "status", "status": 503}, {"reply": {...}}]``."""
-        for step in await request.json():
-            if "fault" in step:
-                kind = step.pop("fault")
-                self.push(Fault(kind=kind, **step))
-            else:
-                self.push(Reply(**step.get("reply", {})))
+        try:
+            steps = [Fault.from_json(s) if "fault" in s else Reply(**s.get("reply", {})) for s in await request.json()]
+        except (AttributeError, TypeError, ValueError) as exc:
+            return JSONResponse({"error": {"message": f"bad script: {exc!r}", "type": "invalid_request"}}, 422)
+        self.push(*steps)
         return JSONResponse({"queued": len(self._script)})
+
+    async def _storm_endpoint(self, request: Request) -> Response:
+        """Start a storm on a running server: ``{"faults": [{"fault": "status", "status": 503, "share": 0.2}],
+        "seconds": 3}`` (also ``"calls"``, ``"seed"``); a 422 names what is wrong."""
+        body = await request.json()
+        try:
+            mix = {Fault.from_json({k: v for k, v in f.items() if k != "share"}): f["share"] for f in body["faults"]}
+            storm = self.storm(mix, seconds=body.get("seconds"), calls=body.get("calls"), seed=body.get("seed"))
+        except (KeyError, TypeError, ValueError) as exc:
+            return JSONResponse({"error": {"message": f"bad storm: {exc!r}", "type": "invalid_request"}}, 422)
+        return JSONResponse(storm.as_json())
+
+    async def _storm_state(self, request: Request) -> Response:
+        """The current (or last) storm and what it gave so far; ``null`` if none."""
+        return JSONResponse(self.last_storm.as_json() if self.last_storm is not None else None)
+
+    async def _end_storm(self, request: Request) -> Response:
+        """End the storm; answer what it gave (``null`` if there was none)."""
+        storm = self.end_storm()
+        return JSONResponse(storm.as_json() if storm is not None else None)
 
 
 def _sse(data: dict[str, Any]) -> str:
