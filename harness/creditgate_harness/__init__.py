@@ -12,6 +12,9 @@ _WHERE = {
     "Fake": "creditgate_harness.fakes.modes",
     "FakeOidcIssuer": "creditgate_harness.fakes.oidc",
     "FakeProvider": "creditgate_harness.fakes.providers",
+    "FakeProviderClient": "creditgate_harness.fakes.providers",
+    "NotRestartable": "creditgate_harness.services",
+    "Storm": "creditgate_harness.fakes.providers",
     "FakeStripe": "creditgate_harness.fakes.stripe",
     "Fault": "creditgate_harness.fakes.providers",
     "InProcess": "creditgate_harness.fakes.modes",
@@ -60,7 +63,7 @@ if TYPE_CHECKING:
     from creditgate_harness.concurrency import Gate, Shot, fire
     from creditgate_harness.fakes.modes import Fake, InProcess, serve
     from creditgate_harness.fakes.oidc import FakeOidcIssuer
-    from creditgate_harness.fakes.providers import FakeProvider, Fault, RecordedCall, Reply
+    from creditgate_harness.fakes.providers import FakeProvider, FakeProviderClient, Fault, RecordedCall, Reply, Storm
     from creditgate_harness.fakes.receiver import NotificationReceiver
     from creditgate_harness.fakes.stripe import FakeStripe, StripeWebhooks, sign_payload
     from creditgate_harness.ledger import LedgerCheck, LedgerError
@@ -77,7 +80,7 @@ if TYPE_CHECKING:
         marker,
     )
     from creditgate_harness.servers import LiveServer, ThreadedServer, start_live_server
-    from creditgate_harness.services import Service, ServiceUnavailable, start_postgres, start_redis
+    from creditgate_harness.services import NotRestartable, Service, ServiceUnavailable, start_postgres, start_redis
     from creditgate_harness.services.base import free_port, run_sync
     from creditgate_harness.wait import until
 
@@ -87,6 +90,7 @@ __all__ = [
     "Fake",
     "FakeOidcIssuer",
     "FakeProvider",
+    "FakeProviderClient",
     "FakeStripe",
     "Fault",
     "Gate",
@@ -94,6 +98,7 @@ __all__ = [
     "LedgerCheck",
     "LedgerError",
     "LiveServer",
+    "NotRestartable",
     "NotificationReceiver",
     "OracleReport",
     "Outcome",
@@ -105,6 +110,7 @@ __all__ = [
     "Service",
     "ServiceUnavailable",
     "Shot",
+    "Storm",
     "StripeWebhooks",
     "ThreadedServer",
     "books_from_audit",

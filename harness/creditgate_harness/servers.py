@@ -1,11 +1,20 @@
 """Real servers on free loopback ports: an ASGI app in a background thread, or in a uvicorn subprocess.
 
 Plain classes with no pytest in them; the ``live_server`` fixtures are thin wrappers around ``start_live_server``.
+
+A ``LiveServer`` is also a fault target. ``worker_pids()`` lists uvicorn's worker processes, ``kill_worker()``
+kills one (uvicorn's supervisor starts another; by default it returns once the server has all its workers again
+and answers), ``kill_all()`` kills the supervisor and every worker (a crash of the whole server) and ``restart()``
+starts it again on the same port. Finding the workers reads ``/proc`` on Linux and runs ``pgrep`` elsewhere
+(macOS, the BSDs); Windows is not supported (no ``SIGKILL``, and uvicorn's workers are not the server's children
+in the same way).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +27,8 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from creditgate_harness.services.base import free_port
+
+_WORKER_MARK = "spawn_main"  # uvicorn's workers are multiprocessing "spawn" children; its resource tracker is not
 
 
 class ThreadedServer:
@@ -46,15 +57,41 @@ class ThreadedServer:
 
 @dataclass
 class LiveServer:
-    """An ASGI app in its own uvicorn process: ``url``, ``env``, ``read_log()``; ``stop()`` ends it."""
+    """An ASGI app in its own uvicorn process: ``url``, ``env``, ``read_log()``; ``stop()`` ends it.
+
+    Faults: ``worker_pids()``, ``kill_worker()``, ``kill_all()``, ``restart()`` (see the module's docstring).
+    """
 
     url: str
     log_path: Path
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    args: list[str] = field(default_factory=list, repr=False)  # the uvicorn command line; restart() runs it again
+    workers: int = 1
+    ready_path: str = "/"
+    timeout: float = 120
+
+    @property
+    def name(self) -> str:
+        """``the live server <app> at <url>``, for messages."""
+        app = next((a for a in self.args[3:] if ":" in a), "") if self.args else ""
+        return f"the live server {app} at {self.url}" if app else f"the live server at {self.url}"
 
     def read_log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self) -> LiveServer:
+        """Run the command line; return once the server answers (``wait_ready``), else stop it and raise."""
+        if not self.args:
+            raise RuntimeError(f"{self.name} has no command line to start (use start_live_server)")
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.args, env={**os.environ, **self.env}, stdout=log, stderr=log)
+        try:
+            self.wait_ready()
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -64,6 +101,122 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Return once the server answers below 500 on ``ready_path`` with all its ``workers`` up.
+
+        ``RuntimeError`` with the server's log when its process exits or ``timeout`` (default: the server's
+        ``timeout``) passes first."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited:\n{self.read_log()}")
+            try:
+                answered = httpx.get(f"{self.url}{self.ready_path}", timeout=1).status_code < 500
+            except httpx.HTTPError:
+                answered = False
+            if answered and len(self.worker_pids()) >= self.workers:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{self.name} did not answer on {self.ready_path} with {self.workers} "
+                    f"worker(s) within {timeout:g} s:\n{self.read_log()}"
+                )
+            time.sleep(0.05)
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the processes serving requests: uvicorn's workers, or the server itself with one worker.
+
+        Empty when the server is not running."""
+        if self.process is None or self.process.poll() is not None:
+            return []
+        if self.workers == 1:  # uvicorn runs no supervisor for one worker: the process serves
+            return [self.process.pid]
+        return _children(self.process.pid, marked=_WORKER_MARK)
+
+    def kill_worker(
+        self, pid: int | None = None, *, sig: int = signal.SIGKILL, wait: bool = True, timeout: float = 60
+    ) -> int:
+        """Kill one worker (``pid``, or the first of ``worker_pids()``) with ``sig``; return the pid killed.
+
+        uvicorn's supervisor notices within half a second and starts another worker. With ``wait`` (the default)
+        this returns once the server has ``workers`` live workers again, none of them the one killed, and answers
+        on ``ready_path``."""
+        if self.workers < 2:
+            raise RuntimeError(
+                f"{self.name} runs one worker and no supervisor, so nothing would replace a killed "
+                "worker: start it with workers=2 or more (live_server_factory(workers=2)), or crash it with "
+                "kill_all() and start it again with restart()"
+            )
+        pids = self.worker_pids()
+        if not pids:
+            raise RuntimeError(f"{self.name} has no worker to kill (is it running?)")
+        if pid is None:
+            pid = pids[0]
+        elif pid not in pids:
+            raise ValueError(f"pid {pid} is not a worker of {self.name}: its workers are {pids}")
+        os.kill(pid, sig)
+        if wait:
+            deadline = time.monotonic() + timeout
+            while pid in (now := self.worker_pids()) or len(now) < self.workers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"worker {pid} of {self.name} was not replaced within {timeout:g} s "
+                        f"(workers now: {now}):\n{self.read_log()}"
+                    )
+                time.sleep(0.05)
+            self.wait_ready(max(1.0, deadline - time.monotonic()))
+        return pid
+
+    def kill_all(self, *, sig: int = signal.SIGKILL) -> list[int]:
+        """Kill the supervisor and every worker with ``sig`` (a crash of the whole server; nothing restarts it).
+
+        Returns the pids killed; ``restart()`` starts the server again on the same port."""
+        if self.process is None or self.process.poll() is not None:
+            return []
+        workers = self.worker_pids() if self.workers > 1 else []
+        killed = [self.process.pid, *workers]
+        for pid in killed:  # the supervisor first: it would replace the workers
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                continue
+        self.process.wait()
+        return killed
+
+    def restart(self, *, timeout: float | None = None) -> LiveServer:
+        """Stop the server if it still runs, start it again on the same port with the same command line and
+        environment; return once it answers (``wait_ready``)."""
+        self.stop()
+        if timeout is not None:
+            self.timeout = timeout
+        return self.start()
+
+
+def _children(pid: int, *, marked: str) -> list[int]:
+    """Live (not zombie) children of ``pid`` whose command line contains ``marked``, in pid order."""
+    proc = Path("/proc")
+    if (proc / "self" / "stat").exists():  # Linux
+        found = []
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:  # exited while we looked
+                continue
+            # "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after the last ')'.
+            state, parent = stat.rsplit(")", 1)[1].split()[:2]
+            if int(parent) == pid and state != "Z" and marked in cmdline:
+                found.append(int(entry.name))
+        return sorted(found)
+    pgrep = shutil.which("pgrep")
+    if pgrep is None:
+        raise RuntimeError("finding a live server's workers needs /proc (Linux) or pgrep (macOS, BSD)")
+    out = subprocess.run([pgrep, "-P", str(pid), "-f", marked], capture_output=True, text=True, check=False)
+    return sorted(int(p) for p in out.stdout.split())
 
 
 def start_live_server(
@@ -78,24 +231,13 @@ def start_live_server(
 ) -> LiveServer:
     """Run ``app`` (``"pkg.module:app"``, or ``"pkg.module:factory()"``) under uvicorn; return once it answers.
 
-    Ready means any HTTP answer below 500 on ``ready_path``.
+    Ready means any HTTP answer below 500 on ``ready_path``, with all ``workers`` started.
     """
+    if workers < 1:
+        raise ValueError(f"workers={workers}: a live server needs at least one worker")
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     factory = app.endswith("()")
     args = [sys.executable, "-m", "uvicorn", app.removesuffix("()"), *(["--factory"] if factory else [])]
     args += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
-    log = log_path.open("wb")
-    server = LiveServer(url, log_path, env)
-    server.process = subprocess.Popen(args, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{url}{ready_path}", timeout=1).status_code < 500:
-                return server
-        except httpx.HTTPError:
-            pass
-        if server.process.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"{app} at {url} did not answer on {ready_path}:\n{server.read_log()}")
-        time.sleep(0.1)
+    return LiveServer(url, log_path, env, args=args, workers=workers, ready_path=ready_path, timeout=timeout).start()

@@ -1,4 +1,10 @@
-"""What a started service looks like, and the helpers every backend shares."""
+"""What a started service looks like, and the helpers every backend shares.
+
+A service the harness started itself (the ``local`` and ``docker`` backends) can be taken down and brought back
+on the same URL mid-test: ``service.restart(down=2)``, or ``with service.outage(): ...``. An ``external`` one (a
+URL the machine gives) belongs to someone else: ``restart()`` raises ``NotRestartable`` saying so, and the
+``private_postgres``/``private_redis`` fixtures give a test a restartable server of its own instead.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,8 @@ import concurrent.futures
 import contextlib
 import os
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,23 +36,82 @@ class ServiceUnavailable(Exception):
     """No backend could provide the service; the message says what was tried and how to fix it."""
 
 
+class NotRestartable(RuntimeError):
+    """The service is not the harness's own (``external``), so the harness cannot take it down or bring it back."""
+
+
 @dataclass
 class Service:
-    """A running service: its URL, server version and which backend started it."""
+    """A running service: its URL, server version and which backend started it.
+
+    ``restart()``/``outage()`` take the server down and bring it back on the same URL (``restartable``: the
+    ``local`` and ``docker`` backends); ``stop()`` ends it for good."""
 
     name: str
     url: str
     version: str
     backend: str
     _stop: Callable[[], None] | None = field(default=None, repr=False)
+    _down: Callable[[], None] | None = field(default=None, repr=False)  # the server stopped, its data and port kept
+    _up: Callable[[], None] | None = field(default=None, repr=False)  # started again; returns once it answers
+
+    @property
+    def restartable(self) -> bool:
+        """Whether the harness owns this server and can take it down and bring it back (not ``external``)."""
+        return self._down is not None and self._up is not None and self._stop is not None
+
+    def restart(self, *, down: float = 0.0) -> None:
+        """Stop the server, wait ``down`` seconds, start it again on the same URL; return once it answers.
+
+        Clients see refused connections meanwhile and must reconnect after (connections in a pool are dead).
+        Postgres keeps its data; Redis comes back empty (the harness's Redis keeps nothing on disk).
+        ``NotRestartable`` for an ``external`` service."""
+        with self.outage():
+            time.sleep(down)
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        """The server down inside the ``with`` block, back on the same URL after it (also when the block raises)."""
+        down, up = self._down, self._up
+        if down is None or up is None or not self.restartable:
+            raise NotRestartable(self._why_not_restartable())
+        down()
+        try:
+            yield
+        finally:
+            up()
+
+    def _why_not_restartable(self) -> str:
+        if self._stop is None and self.backend != "external":
+            return f"{self}: already stopped for good (stop() was called)"
+        return (
+            f"{self}: the harness did not start this server ({self.backend}: a URL the machine gives, "
+            f"HARNESS_{self.name.upper()}_URL), so it cannot take it down or bring it back. For a fault test use the "
+            f"private_{self.name} fixture (a {self.name} of the test session's own), or start_{self.name}('local'); "
+            "or run with --harness-services=local (or docker)"
+        )
 
     def stop(self) -> None:
+        """End the server for good (a no-op for ``external``, which the harness does not own)."""
         if self._stop is not None:
             stop, self._stop = self._stop, None
             stop()
 
     def __str__(self) -> str:
         return f"{self.name} {self.version} ({self.backend}) at {self.url}"
+
+
+def wait_until_up(check: Callable[[], object], *, what: str, timeout: float = 30) -> None:
+    """Call ``check`` until it returns without raising; ``ServiceUnavailable`` naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            check()
+            return
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(f"{what} did not answer within {timeout:g} s: {exc}") from exc
+            time.sleep(0.05)
 
 
 def free_port() -> int:

@@ -23,6 +23,7 @@ from creditgate_harness.services.base import (
     free_port,
     run_sync,
     try_backends,
+    wait_until_up,
 )
 
 ENV_URL = "HARNESS_POSTGRES_URL"
@@ -63,10 +64,19 @@ def _docker() -> Service:
         raise ServiceUnavailable(reason)
     from testcontainers.postgres import PostgresContainer  # pragma: no cover - needs a Docker engine
 
-    container = PostgresContainer("postgres:16-alpine", driver=None)  # pragma: no cover
+    # A fixed host port: Docker would give a restarted container a new one, and the URL must survive restart().
+    container = PostgresContainer("postgres:16-alpine", driver=None).with_bind_ports(
+        5432, free_port()
+    )  # pragma: no cover
     container.start()  # pragma: no cover
     url = container.get_connection_url()  # pragma: no cover
-    return Service("postgres", url, server_version(url), "docker", container.stop)  # pragma: no cover
+
+    def up() -> None:  # pragma: no cover
+        container.get_wrapped_container().start()
+        wait_until_up(lambda: run_sync(_version(url)), what=f"postgres at {url}")
+
+    down = container.get_wrapped_container().stop  # pragma: no cover
+    return Service("postgres", url, server_version(url), "docker", container.stop, down, up)  # pragma: no cover
 
 
 def find_bin(name: str) -> str | None:
@@ -137,9 +147,29 @@ def _local() -> Service:
         )
         shutil.rmtree(root, ignore_errors=True)
 
+    def down() -> None:  # a fast shutdown, as an operator's restart: sessions end, the data stays
+        subprocess.run(
+            [pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"],
+            check=True,
+            capture_output=True,
+            env=env,
+            cwd="/",
+            **as_user,
+        )
+
+    def up() -> None:
+        subprocess.run(
+            [pg_ctl, "-D", str(data), "-o", opts, "-l", str(log), "-w", "-t", "60", "start"],
+            check=True,
+            capture_output=True,
+            env=env,
+            cwd=root,
+            **as_user,
+        )
+
     atexit.register(stop)  # also on Ctrl-C and on a crashed session
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    return Service("postgres", url, server_version(url), "local", stop)
+    return Service("postgres", url, server_version(url), "local", stop, down, up)
 
 
 def start_postgres(backend: str = "auto") -> Service:

@@ -10,7 +10,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from creditgate_harness.services.base import Service, ServiceUnavailable, docker_engine_answers, free_port, try_backends
+from creditgate_harness.services.base import (
+    Service,
+    ServiceUnavailable,
+    docker_engine_answers,
+    free_port,
+    try_backends,
+    wait_until_up,
+)
 
 ENV_URL = "HARNESS_REDIS_URL"
 
@@ -40,11 +47,18 @@ def _docker() -> Service:
         raise ServiceUnavailable(reason)
     from testcontainers.redis import RedisContainer  # pragma: no cover - needs a Docker engine
 
-    container = RedisContainer("redis:7-alpine")  # pragma: no cover
+    # A fixed host port: Docker would give a restarted container a new one, and the URL must survive restart().
+    container = RedisContainer("redis:7-alpine").with_bind_ports(6379, free_port())  # pragma: no cover
     container.start()  # pragma: no cover
     host, port = container.get_container_host_ip(), container.get_exposed_port(6379)  # pragma: no cover
     url = f"redis://{host}:{port}/0"  # pragma: no cover
-    return Service("redis", url, server_version(url), "docker", container.stop)  # pragma: no cover
+
+    def up() -> None:  # pragma: no cover
+        container.get_wrapped_container().start()
+        wait_until_up(lambda: server_version(url), what=f"redis at {url}")
+
+    down = container.get_wrapped_container().stop  # pragma: no cover
+    return Service("redis", url, server_version(url), "docker", container.stop, down, up)  # pragma: no cover
 
 
 def _local() -> Service:
@@ -68,29 +82,43 @@ def _local() -> Service:
         "--logfile",
         str(root / "log"),
     ]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
+    processes = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
 
-    def stop() -> None:
+    def down() -> None:  # SIGTERM: with nothing to save (--save ""), redis-server exits at once
+        process = processes[-1]
         process.terminate()
         try:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
+
+    def stop() -> None:
+        down()
         shutil.rmtree(root, ignore_errors=True)
 
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            version = server_version(url)
-            break
-        except ServiceUnavailable:
-            if process.poll() is not None or time.monotonic() > deadline:
-                stop()
-                raise ServiceUnavailable(f"local redis-server failed to start (see {root / 'log'})") from None
-            time.sleep(0.05)
+    def up() -> None:  # a fresh redis-server on the same port: empty, as after a real restart without persistence
+        processes.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        answer()
+
+    def answer() -> str:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                return server_version(url)
+            except ServiceUnavailable:
+                if processes[-1].poll() is not None or time.monotonic() > deadline:
+                    raise ServiceUnavailable(f"local redis-server failed to start (see {root / 'log'})") from None
+                time.sleep(0.05)
+
+    try:
+        version = answer()
+    except ServiceUnavailable:
+        stop()
+        raise
     atexit.register(stop)
-    return Service("redis", url, version, "local", stop)
+    return Service("redis", url, version, "local", stop, down, up)
 
 
 def start_redis(backend: str = "auto") -> Service:
