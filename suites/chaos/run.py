@@ -12,6 +12,10 @@ its fault after a baseline period:
 - ``redis-restart``: the private Redis shut down and started again (quota counters fail open, README);
 - ``upstream-storm``: the fake upstream answers a fifth of calls 503, times out on some and cuts some streams.
 
+Every fault is the harness's own API, as any project's tests use it: ``LiveServer.kill_worker``/``kill_all``/
+``restart`` on the gateway, ``Service.restart`` on the private Postgres and Redis, and a storm on the fake upstream
+(``FakeProviderClient.storm``: the upstream runs in a process of its own).
+
 The fault window runs from the injection until the stack is back (the gateway's /health answers 200 with every
 worker up; for the storm, until its script is cleared plus the upstream timeout and the breaker's cooldown).
 After every scenario ran, the runner waits until no hold is open (stuck ones expire after the TTL of 30 s and the
@@ -43,12 +47,13 @@ import sqlalchemy as sa
 
 from creditgate.db.engine import create_engine
 from creditgate.testing.auditor import AuditReport, audit_url
+from creditgate_harness.fakes.providers import FakeProviderClient, Fault
+from creditgate_harness.load.summary import status_class
 from creditgate_harness.oracle import OracleReport, Pricing, Served, parse_marker
 from creditgate_harness.services.base import run_sync
 from suites.load.provision import Admin, Provisioned, deactivate, provision, wait_for_holds
 from suites.load.run import REPORTS, LocustRun, endpoint_audit, money_oracle, start_locust
 from suites.load.stack import HOLD_TTL, SWEEP_INTERVAL, Stack
-from suites.load.summary import status_class
 
 CREDITS = Decimal(300)  # each user's opening balance and each member's allocation; the org's balance is 4×
 
@@ -81,60 +86,47 @@ class Scenario:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def _healthy(stack: Stack, *, workers: int, timeout: float = 60) -> float:
-    """Wait until /health is 200 and the gateway has all its workers; the time it was."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{stack.url}/health", timeout=1).status_code == 200 and len(stack.worker_pids()) >= workers:
-                return time.time()
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("the gateway did not come back within 60 s")
+# A fifth of the calls 503, a twentieth no answer before the gateway's timeout, a twentieth a stream (or an
+# answer) cut after two chunks; the rest answered.
+STORM = {Fault.status_code(503): 0.2, Fault.hang(UPSTREAM_TIMEOUT + 2): 0.05, Fault.cut_stream(2): 0.05}
 
 
 def inject(name: str, stack: Stack, *, down: float, storm: float) -> Window:
-    """Inject the fault, hold it, end it; the window from injection until the stack is back."""
+    """Inject the fault, hold it, end it; the window from injection until the stack is back (the gateway's
+    /health answers with every worker up)."""
+    gateway, postgres, redis = stack.gateway, stack.postgres, stack.redis
+    if gateway is None or postgres is None or redis is None:
+        raise RuntimeError("the stack is not started")
     w = Window(start=time.time())
     if name == "kill-one-worker":
-        pid = stack.kill_one_worker()
+        pid = gateway.kill_worker()
         w.note = f"killed worker {pid}"
     elif name == "kill-all-workers":
-        stack.kill_gateway()
+        gateway.kill_all()
         time.sleep(down)
-        stack.start_gateway()
+        gateway.restart()
         w.note = "killed the supervisor and every worker; started again"
     elif name == "postgres-restart":
-        saved = stack.stop_postgres()
-        time.sleep(down)
-        stack.start_postgres_again(saved)
+        postgres.restart(down=down)
         w.note = f"Postgres fast shutdown, {down:.0f} s down, started"
     elif name == "redis-restart":
-        stack.stop_redis()
-        time.sleep(down)
-        stack.start_redis_again()
+        redis.restart(down=down)
         w.note = f"Redis shut down, {down:.0f} s down, started"
     elif name == "upstream-storm":
-        steps: list[dict[str, Any]] = []
-        for i in range(20_000):  # far more than the storm's calls; cleared at its end
-            k = i % 20
-            if k < 4:  # a fifth: 503
-                steps.append({"fault": "status", "status": 503})
-            elif k == 4:  # a twentieth: no answer before the gateway's timeout
-                steps.append({"fault": "hang", "seconds": UPSTREAM_TIMEOUT + 2})
-            elif k == 5:  # a twentieth: a stream (or an answer) cut after two chunks
-                steps.append({"fault": "cut", "after_chunks": 2})
-            else:
-                steps.append({"reply": {}})
-        stack.script_upstream(steps)
-        time.sleep(storm)
-        stack.clear_upstream_script()
+        with FakeProviderClient(stack.upstream_url) as upstream:
+            upstream.storm(STORM, seconds=storm)
+            time.sleep(storm)
+            given = upstream.end_storm() or {}
         time.sleep(UPSTREAM_TIMEOUT + BREAKER_COOLDOWN)
-        w.note = f"{storm:.0f} s storm: 20 % 503, 5 % timeouts, 5 % cut; + timeout and breaker cooldown"
+        counts = ", ".join(f"{f['fault']['fault']} {f['given']}" for f in given.get("faults", []))
+        w.note = (
+            f"{storm:.0f} s storm: 20 % 503, 5 % timeouts, 5 % cut ({counts}, {given.get('passed', 0)} answered); "
+            "+ timeout and breaker cooldown"
+        )
     else:
         raise ValueError(name)
-    w.end = _healthy(stack, workers=stack.workers)
+    gateway.wait_ready(60)
+    w.end = time.time()
     return w
 
 
@@ -167,7 +159,8 @@ def figures(rows: list[dict[str, Any]], window: Window, *, margin: float) -> dic
 
 
 def _served_count(stack: Stack) -> int:
-    return len(httpx.get(f"{stack.upstream_url}/_fake/served", timeout=30).json())
+    with FakeProviderClient(stack.upstream_url) as upstream:
+        return len(upstream.served())
 
 
 def run_segments(

@@ -49,6 +49,8 @@ DISTRIBUTION = {
     "cryptography": "cryptography",
     "testcontainers": "testcontainers",
     "docker": "testcontainers",  # docker-py comes with testcontainers
+    "locust": "locust",
+    "gevent": "locust",  # gevent comes with locust
 }
 # Imported only where present, never required: the project's own SDK or tool.
 PROJECT_OWN = {

@@ -1,4 +1,5 @@
-"""suites/load/run.py: no locust, or no final figures from it, is a failed run."""
+"""The load runner (creditgate_harness/load/runner.py, and creditgate's suites/load/run.py on it): no locust, or no
+final figures from it, is a failed run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from creditgate.testing.auditor import AuditReport, Violation
+from creditgate_harness.load import runner
 from suites.load import run
 
 ARGS = argparse.Namespace(max_error_rate=0.0, max_p95_ms=2000.0)
@@ -24,7 +26,7 @@ def test_locust_missing_fails_before_anything_starts(
 
 
 def test_locust_that_did_not_run_fails(tmp_path: Path) -> None:
-    assert run.judge(tmp_path, locust_exit=1, audit=AuditReport(), args=ARGS) == [
+    assert runner.judge(tmp_path, locust_exit=1, audit=AuditReport(), args=ARGS) == [
         "locust exited 1",
         f"{tmp_path / 'stats.json'} is missing: locust did not run to the end",
     ]
@@ -32,13 +34,13 @@ def test_locust_that_did_not_run_fails(tmp_path: Path) -> None:
 
 def test_an_audit_violation_fails(tmp_path: Path) -> None:
     audit = AuditReport(violations=[Violation("balance", "account 1", "off by 0.01")])
-    assert "ledger audit failed" in run.judge(tmp_path, locust_exit=0, audit=audit, args=ARGS)
+    assert "ledger audit failed" in runner.judge(tmp_path, locust_exit=0, audit=audit, args=ARGS)
 
 
 def test_run_time_syntax() -> None:
-    assert [run.seconds(v) for v in ("30s", "2m", "1h30m", "90")] == [30, 120, 5400, 90]
+    assert [runner.seconds(v) for v in ("30s", "2m", "1h30m", "90")] == [30, 120, 5400, 90]
     with pytest.raises(argparse.ArgumentTypeError):
-        run.seconds("2 minutes")
+        runner.seconds("2 minutes")
 
 
 def test_a_run_that_could_not_be_audited_or_whose_oracle_failed_fails(tmp_path: Path) -> None:
@@ -47,24 +49,24 @@ def test_a_run_that_could_not_be_audited_or_whose_oracle_failed_fails(tmp_path: 
     from creditgate_harness.oracle import Books, OracleReport
     from creditgate_harness.oracle import Violation as MoneyViolation
 
-    assert "the ledger could not be audited" in run.judge(tmp_path, locust_exit=0, audit=None, args=ARGS)
+    assert "the ledger could not be audited" in runner.judge(tmp_path, locust_exit=0, audit=None, args=ARGS)
     wrong = OracleReport(violations=[MoneyViolation("7", "charges", "the ledger charged 2.20; served 1.10")])
-    assert "the money oracle found the books wrong" in run.judge(
+    assert "the money oracle found the books wrong" in runner.judge(
         tmp_path, locust_exit=0, audit=AuditReport(), args=ARGS, oracle=wrong
     )
     empty = OracleReport()  # nothing checked is not a pass
-    assert "the money oracle was inconclusive" in run.judge(
+    assert "the money oracle was inconclusive" in runner.judge(
         tmp_path, locust_exit=0, audit=AuditReport(), args=ARGS, oracle=empty
     )
     assert Books("1", initial=Decimal(1), final=Decimal(1), purchases=Decimal(0), charges=Decimal(0))
 
 
 def test_the_report_says_whether_the_generator_was_the_limit() -> None:
-    ceilings = [run.Ceiling(1, 400.0), run.Ceiling(2, 700.0)]
-    assert "the gateway was the limit" in run.ceiling_lines(ceilings, achieved=100.0, processes=1)[-1]
-    assert "GENERATOR may have been the limit" in run.ceiling_lines(ceilings, achieved=350.0, processes=1)[-1]
-    assert "NOT MEASURED" in run.ceiling_lines([], achieved=100.0, processes=1)[0]
-    assert "2 process(es) NO FIGURES" in run.ceiling_lines([run.Ceiling(2, None)], achieved=None, processes=2)[0]
+    ceilings = [runner.Ceiling(1, 400.0), runner.Ceiling(2, 700.0)]
+    assert "the app was the limit" in runner.ceiling_lines(ceilings, achieved=100.0, processes=1)[-1]
+    assert "GENERATOR may have been the limit" in runner.ceiling_lines(ceilings, achieved=350.0, processes=1)[-1]
+    assert "NOT MEASURED" in runner.ceiling_lines([], achieved=100.0, processes=1)[0]
+    assert "2 process(es) NO FIGURES" in runner.ceiling_lines([runner.Ceiling(2, None)], achieved=None, processes=2)[0]
 
 
 def test_client_records_become_oracle_outcomes() -> None:
@@ -73,5 +75,5 @@ def test_client_records_become_oracle_outcomes() -> None:
         {"name": "chat stream", "rid": "b", "account": 3, "status": 0, "stream": True, "complete": False},
         {"name": "checkout", "account": 3, "status": 200},  # not a chat: no rid, not an oracle outcome
     ]
-    outcomes = run.outcomes_from(rows)
+    outcomes = runner.outcomes_from(rows)
     assert [(o.rid, o.account, o.definite) for o in outcomes] == [("a", "3", True), ("b", "3", False)]

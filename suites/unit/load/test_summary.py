@@ -1,4 +1,4 @@
-"""suites/load/summary.py: the figures and the gates of a load run, from small locust-shaped files."""
+"""creditgate_harness/load/summary.py: the figures and the gates of a load run, from small locust-shaped files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from suites.load.summary import ERRORS, NoResults, Summary, percentile, problems, read_summary, status_class, table
+from creditgate_harness.load.summary import (
+    ERRORS,
+    NoResults,
+    Summary,
+    percentile,
+    problems,
+    read_summary,
+    status_class,
+    table,
+)
 
 LIMITS = {"max_error_rate": 0.0, "max_p95_ms": 2000.0}
 

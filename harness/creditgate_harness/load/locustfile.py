@@ -1,23 +1,24 @@
-"""Load scenarios for the gateway (run headless by `nox -s load`; see suites/load/run.py).
+"""Load scenarios for any app, through its ``LoadAdapter`` (run headless by the runner, runner.py).
 
-Keys come from LOAD_KEYS_FILE, written by run.py:
-``{"users": [{"key", "account"}], "org_members": [{"key", "account"}]}`` (``account``: the account id spent).
-Every chat prompt carries ``[cg-load rid=… acct=…]`` so the fake upstream's record names the request and the
-account (the money oracle's input, creditgate_harness/oracle.py).
+Read from the environment: ``LOAD_ADAPTER`` (``module:Class``) and ``LOAD_ADAPTER_OPTIONS`` (JSON keyword arguments)
+build the adapter in each locust process; ``LOAD_PLAN_FILE`` names the run's clients (``Accounts.plan()``).
+Every paid prompt carries ``marker(rid, account)`` so the fake upstream's record names the request and the account
+(the money oracle's input, creditgate_harness/oracle.py).
 
-Scenarios: users spending their own balance (chat and streams), org members on one shared balance (the hot row),
-and — with LOAD_STRIPE_URL (the fake Stripe the gateway is configured with) — users topping up: checkout, the
-payment completed at the fake Stripe, its webhook delivered three times, shuffled and concurrently (each delivery
-retried until answered, as Stripe does), while the same accounts keep spending. Without it, a storm of duplicated
-signed ``customer.created`` events.
-LOAD_BARE=1: only the chat scenarios, against the bare fake upstream (the generator's own ceiling).
+Users: ``Spender`` (the clients with an account of their own, the adapter's unshared scenarios) and
+``SharedSpender`` (the clients sharing one account, e.g. an org's members: the hot row; the unshared clients when
+there are none). With ``LOAD_STRIPE_URL`` (the fake Stripe the app is configured with) and an adapter that tops up,
+``Payer``: checkout, the payment completed at the fake Stripe, its webhook delivered three times, shuffled and
+concurrently (each delivery retried until answered, as Stripe does), while the same accounts keep spending.
+Without it, and with a ``webhook_path``: a storm of duplicated signed ``customer.created`` events.
 LOAD_SHAPE=steady|ramp|spike|soak (with LOAD_USERS, LOAD_SECONDS): a LoadTestShape instead of -u/-r/-t; it also
 ends the run early once LOAD_STOP_FILE exists (the chaos runner stops the load a fixed time after recovery).
 
 When locust quits, the master (or the single process) writes LOAD_STATUS_FILE (a count per endpoint and HTTP
-status, the scenarios' exceptions, the duration locust divides by) and LOAD_RECORDS_FILE (one JSON line per
-request: rid, account, name, status, stream, complete, start and end times). Workers send theirs to the master
-with locust's custom messages, so `--processes N` and master/workers on several machines give one merged set.
+status, the scenarios' exceptions, the duration locust divides by, the paid scenarios' names) and
+LOAD_RECORDS_FILE (one JSON line per request: rid, account, name, status, stream, complete, start and end times).
+Workers send theirs to the master with locust's custom messages, so `--processes N` and master/workers on several
+machines give one merged set.
 """
 
 from __future__ import annotations
@@ -38,19 +39,17 @@ import gevent
 from locust import FastHttpUser, LoadTestShape, between, events, task
 from locust.runners import WORKER_REPORT_INTERVAL, MasterRunner, WorkerRunner
 
+from creditgate_harness.load.adapter import Client, load_adapter
 from creditgate_harness.oracle import marker
 
-BARE = os.environ.get("LOAD_BARE") == "1"
-KEYS: dict[str, list[dict[str, Any]]] = (
-    {"users": [{"key": "", "account": "bare"}], "org_members": [{"key": "", "account": "bare"}]}
-    if BARE
-    else json.loads(open(os.environ["LOAD_KEYS_FILE"]).read())  # noqa: SIM115 - read once at import
-)
-_users = itertools.cycle(KEYS["users"])
-_members = itertools.cycle(KEYS["org_members"] or KEYS["users"])
-MODEL = os.environ.get("LOAD_MODEL", "gpt-4o")
-MAX_TOKENS = int(os.environ.get("LOAD_MAX_TOKENS", "100"))
-CHAT_PATH = "/v1/chat/completions"
+ADAPTER = load_adapter(os.environ["LOAD_ADAPTER"], json.loads(os.environ.get("LOAD_ADAPTER_OPTIONS") or "{}"))
+with open(os.environ["LOAD_PLAN_FILE"]) as _plan:
+    CLIENTS = [Client.from_json(row) for row in json.load(_plan)["clients"]]
+_own = [c for c in CLIENTS if not c.shared]
+_shared_clients = [c for c in CLIENTS if c.shared]
+_users = itertools.cycle(_own or CLIENTS)
+_members = itertools.cycle(_shared_clients or _own or CLIENTS)
+PAID = [s.name for s in ADAPTER.scenarios]
 STRIPE_URL = os.environ.get("LOAD_STRIPE_URL", "")
 SECRET = os.environ.get("LOAD_WEBHOOK_SECRET", "whsec_load")
 WEBHOOK_RETRY_SECONDS = 30.0  # Stripe retries for days; a load run's faults last seconds
@@ -65,113 +64,102 @@ def _record(name: str, response: Any, t0: float, **extra: Any) -> dict[str, Any]
     error = getattr(response, "error", None)
     headers = getattr(response, "headers", None) or {}
     row = {"name": name, "status": status, "t0": t0, "t1": time.time(), "complete": error is None, **extra}
-    if request_id := headers.get("X-Request-Id"):  # the gateway's id for it (its hold, its usage record)
+    if request_id := headers.get("X-Request-Id"):  # the app's id for it (a gateway's hold, its usage record)
         row["gateway_id"] = request_id
     _records.append(row)
     return row
 
 
 def _ok(response) -> None:  # type: ignore[no-untyped-def]
-    """2xx passes, and so do 402 (out of credits) and 429 (over quota): the gateway doing its job."""
+    """2xx passes, and so do 402 (out of credits) and 429 (over quota): the app doing its job."""
     if 200 <= response.status_code < 300 or response.status_code in (402, 429):
         response.success()
     else:
         response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
 
 
-class _Chatting(FastHttpUser):
+class _Spending(FastHttpUser):
     abstract = True
     wait_time = between(0, 0.05)
-    keys: Any = _users
+    clients: Any = _users
+    shared = False
 
     def on_start(self) -> None:
-        entry = next(self.keys)
-        self.account = str(entry["account"])
-        self.headers = {"Authorization": f"Bearer {entry['key']}"} if entry["key"] else {}
+        self.me: Client = next(self.clients)
+        mine = [s for s in ADAPTER.scenarios if s.shared == self.shared] or list(ADAPTER.scenarios)
+        self.names, self.weights = [s.name for s in mine], [s.weight for s in mine]
 
-    def _chat(self, name: str, *, stream: bool) -> None:
+    @task
+    def spend(self) -> None:
+        name = random.choices(self.names, self.weights)[0]
         rid = uuid.uuid4().hex
-        body = {
-            "model": MODEL,
-            "max_tokens": MAX_TOKENS,
-            "messages": [{"role": "user", "content": f"load {marker(rid, self.account)}"}],
-        }
-        if stream:
-            body["stream"] = True
-            if BARE:  # the gateway asks upstream for usage; so does the bare run, to send the same bytes
-                body["stream_options"] = {"include_usage": True}
+        call = ADAPTER.request(name, self.me, marker(rid, self.me.account))
         t0 = time.time()
-        with self.client.post(CHAT_PATH, json=body, headers=self.headers, catch_response=True, name=name) as r:
-            row = _record(name, r, t0, rid=rid, account=self.account, stream=stream)
-            if stream and 200 <= row["status"] < 300 and b"data: [DONE]" not in (r.content or b""):
+        with self.client.request(
+            call.method, call.path, json=call.json, headers=dict(self.me.headers), catch_response=True, name=name
+        ) as r:
+            row = _record(name, r, t0, rid=rid, account=self.me.account, stream=call.stream)
+            if call.stream and 200 <= row["status"] < 300 and b"data: [DONE]" not in (r.content or b""):
                 row["complete"] = False  # a stream is whole only with its [DONE]: a cut one may or may not be charged
             _ok(r)
-        if row["status"] == 0:  # no answer (a gateway restarting): back off a little, as a client would
+        if row["status"] == 0:  # no answer (an app restarting): back off a little, as a client would
             gevent.sleep(0.1)
 
 
-class DeductingUser(_Chatting):
-    """Many users, each spending their own balance concurrently."""
+class Spender(_Spending):
+    """Many clients, each spending an account of its own concurrently."""
 
     weight = 3
 
-    @task(4)
-    def chat(self) -> None:
-        self._chat("chat", stream=False)
 
-    @task(1)
-    def stream(self) -> None:
-        self._chat("chat stream", stream=True)
-
-
-class OrgMember(_Chatting):
-    """Many members of one org on one shared balance: the hot row."""
+class SharedSpender(_Spending):
+    """Many clients on one shared account: the hot row."""
 
     weight = 2
-    keys = _members
-
-    @task
-    def chat(self) -> None:
-        self._chat("org chat", stream=False)
+    clients = _members
+    shared = True
 
 
-def _signed(event: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-    payload = json.dumps(event).encode()
+def _signed(event: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    payload = json.dumps(event)  # ASCII: the bytes sent are the bytes signed
     t = int(time.time())
-    sig = hmac.new(SECRET.encode(), f"{t}.".encode() + payload, hashlib.sha256).hexdigest()
+    sig = hmac.new(SECRET.encode(), f"{t}.{payload}".encode(), hashlib.sha256).hexdigest()
     return payload, {"Stripe-Signature": f"t={t},v1={sig}", "Content-Type": "application/json"}
 
 
 def _fake_stripe(method: str, path: str) -> Any:
-    request = urllib.request.Request(STRIPE_URL + path, data=b"" if method == "POST" else None, method=method)
-    with urllib.request.urlopen(request, timeout=30) as response:  # cooperative: locust patches sockets
+    # The fake Stripe's test routes (LOAD_STRIPE_URL, an http URL the runner gives): not the app's client.
+    request = urllib.request.Request(STRIPE_URL + path, data=b"" if method == "POST" else None, method=method)  # noqa: S310
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - cooperative: locust patches sockets
         return json.loads(response.read())
 
 
-if not BARE and STRIPE_URL:
+if STRIPE_URL and ADAPTER.webhook_path and CLIENTS and ADAPTER.checkout(CLIENTS[0]) is not None:
+    _WEBHOOK = ADAPTER.webhook_path
 
-    class PayingUser(FastHttpUser):
+    class Payer(FastHttpUser):
         """Top-ups racing with spending: checkout, pay at the fake Stripe, the webhook 3× shuffled, concurrently."""
 
         weight = 1
         wait_time = between(0.5, 1.5)
 
         def on_start(self) -> None:
-            entry = next(_users)  # the same accounts DeductingUser spends
-            self.account = str(entry["account"])
-            self.headers = {"Authorization": f"Bearer {entry['key']}"}
+            self.me: Client = next(_users)  # the same accounts Spender spends
 
         @task
         def top_up(self) -> None:
+            call = ADAPTER.checkout(self.me)
+            assert call is not None
             t0 = time.time()
-            with self.client.post(
-                "/billing/checkout",
-                json={"amount_usd": "5.00"},
-                headers=self.headers,
+            with self.client.request(
+                call.method,
+                call.path,
+                json=call.json,
+                headers=dict(self.me.headers),
                 catch_response=True,
                 name="checkout",
             ) as r:
-                _record("checkout", r, t0, account=self.account)
+                _record("checkout", r, t0, account=self.me.account)
                 _ok(r)
                 if r.status_code != 200:
                     return
@@ -187,23 +175,24 @@ if not BARE and STRIPE_URL:
             gevent.joinall([gevent.spawn(self._deliver, e) for e in deliveries])
 
         def _deliver(self, event: dict[str, Any]) -> None:
-            """One delivery, retried with backoff until the gateway answers 2xx or 4xx, as Stripe retries: an event
+            """One delivery, retried with backoff until the app answers 2xx or 4xx, as Stripe retries: an event
             sent only while every worker was down is still delivered (each attempt is a row of its own)."""
             deadline, delay = time.time() + WEBHOOK_RETRY_SECONDS, 0.2
             while True:
                 payload, headers = _signed(event)
                 t0 = time.time()
                 with self.client.post(
-                    "/billing/webhook", data=payload, headers=headers, catch_response=True, name="payment webhook"
+                    _WEBHOOK, data=payload, headers=headers, catch_response=True, name="payment webhook"
                 ) as r:
-                    row = _record("payment webhook", r, t0, account=self.account, event=event["id"])
+                    row = _record("payment webhook", r, t0, account=self.me.account, event=event["id"])
                     _ok(r)
                 if 0 < row["status"] < 500 or time.time() > deadline:
                     return
                 gevent.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-elif not BARE:
+elif ADAPTER.webhook_path:
+    _WEBHOOK = ADAPTER.webhook_path
 
     class WebhookStorm(FastHttpUser):
         """Signed Stripe events that move no money, each sent several times: acknowledged, applied once."""
@@ -221,9 +210,7 @@ elif not BARE:
             }
             payload, headers = _signed(event)
             t0 = time.time()
-            with self.client.post(
-                "/billing/webhook", data=payload, headers=headers, catch_response=True, name="webhook"
-            ) as r:
+            with self.client.post(_WEBHOOK, data=payload, headers=headers, catch_response=True, name="webhook") as r:
                 _record("webhook", r, t0)
                 _ok(r)
 
@@ -295,4 +282,4 @@ def _write_files(environment: Any, **_: Any) -> None:
     total = environment.stats.total  # the time span locust divides by for its req/s
     duration = (total.last_request_timestamp or total.start_time) - total.start_time
     with open(path, "w") as f:
-        json.dump({"statuses": statuses, "exceptions": exceptions, "duration_s": duration}, f)
+        json.dump({"statuses": statuses, "exceptions": exceptions, "duration_s": duration, "paid": PAID}, f)

@@ -2,7 +2,8 @@
 
 Two files, both written when locust exits: ``stats.json`` (locust's ``--json-file``: per endpoint, count,
 failures and the response-time histogram) and ``statuses.json`` (the locustfile's listener: per endpoint, a
-count per HTTP status, the exceptions the scenarios raised, and the duration locust computes req/s over).
+count per HTTP status, the exceptions the scenarios raised, the duration locust computes req/s over, and the names
+of the paid scenarios — the adapter's).
 
 402 (out of credits) and 429 (over quota) are business refusals: counted apart, never errors.
 Errors are every other 4xx, every 5xx and requests without an answer (status 0).
@@ -18,7 +19,7 @@ from pathlib import Path
 CLASSES = ("2xx", "402", "429", "4xx", "5xx", "other")
 REFUSALS = ("402", "429")
 ERRORS = ("4xx", "5xx", "other")
-PAID = ("chat", "chat stream", "org chat")
+PAID = ("chat", "chat stream", "org chat")  # when statuses.json names none (a file from before adapters)
 
 
 class NoResults(Exception):
@@ -69,6 +70,7 @@ class Summary:
     histogram: dict[int, int]
     duration_s: float
     exceptions: int
+    paid_names: tuple[str, ...] = PAID
 
     @property
     def requests(self) -> int:
@@ -88,7 +90,7 @@ class Summary:
 
     @property
     def paid(self) -> int:
-        return sum(e.classes["2xx"] for e in self.endpoints if e.name in PAID)
+        return sum(e.classes["2xx"] for e in self.endpoints if e.name in self.paid_names)
 
     @property
     def rps(self) -> float:
@@ -116,14 +118,15 @@ def read_summary(stats_file: Path, statuses_file: Path) -> Summary:
         for code, n in by_endpoint.get(name, {}).items():
             classes[status_class(int(code))] += n
         endpoints.append(Endpoint(name, entry["num_requests"], entry["num_failures"], classes))
-    return Summary(endpoints, dict(histogram), statuses["duration_s"], statuses["exceptions"])
+    paid = tuple(statuses.get("paid") or PAID)
+    return Summary(endpoints, dict(histogram), statuses["duration_s"], statuses["exceptions"], paid)
 
 
 def problems(summary: Summary, *, max_error_rate: float, max_p95_ms: float) -> list[str]:
     """Why the run fails its gates (empty when it passes)."""
     found = []
     if summary.paid == 0:
-        found.append(f"no paid requests: no 2xx answer on {', '.join(PAID)}")
+        found.append(f"no paid requests: no 2xx answer on {', '.join(summary.paid_names)}")
     for e in summary.endpoints:
         counted = sum(e.classes.values())
         if (counted, e.errors) != (e.requests, e.failures):
@@ -152,7 +155,8 @@ def table(summary: Summary) -> str:
     ]:
         lines.append(row.format(name, requests, *(classes[c] for c in CLASSES)))
     lines.append(
-        f"paid (2xx chat) {summary.paid}, refused (402/429) {sum(summary.classes[c] for c in REFUSALS)}, "
+        f"paid (2xx {', '.join(summary.paid_names)}) {summary.paid}, "
+        f"refused (402/429) {sum(summary.classes[c] for c in REFUSALS)}, "
         f"errors {summary.errors} ({summary.error_rate:.2%}), scenario exceptions {summary.exceptions}"
     )
     lines.append(
