@@ -3,11 +3,14 @@
 Plain classes with no pytest in them; the ``live_server`` fixtures are thin wrappers around ``start_live_server``.
 
 A ``LiveServer`` is also a fault target. ``worker_pids()`` lists uvicorn's worker processes, ``kill_worker()``
-kills one (uvicorn's supervisor starts another; by default it returns once the server has all its workers again
-and answers), ``kill_all()`` kills the supervisor and every worker (a crash of the whole server) and ``restart()``
-starts it again on the same port. Finding the workers reads ``/proc`` on Linux and runs ``pgrep`` elsewhere
-(macOS, the BSDs); Windows is not supported (no ``SIGKILL``, and uvicorn's workers are not the server's children
-in the same way).
+kills one (uvicorn's supervisor starts another; by default it returns once the new worker serves),
+``kill_all()`` kills the supervisor and every worker (a crash of the whole server) and ``restart()`` starts it
+again on the same port.
+
+Platforms: Linux reads ``/proc``, and there "serves" is exact: the worker's event loop polls the server's listening
+socket (an epoll instance of the worker holds it), not merely that its process exists — a replacement worker takes
+a while to import the app. macOS and the BSDs find the workers with ``pgrep`` and take "the server answers with all
+its workers alive" instead. Windows is not supported (no ``SIGKILL``).
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ class LiveServer:
                 answered = httpx.get(f"{self.url}{self.ready_path}", timeout=1).status_code < 500
             except httpx.HTTPError:
                 answered = False
-            if answered and len(self.worker_pids()) >= self.workers:
+            if answered and len(pids := self.worker_pids()) >= self.workers and all(map(self._serves, pids)):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(
@@ -124,6 +127,12 @@ class LiveServer:
                     f"worker(s) within {timeout:g} s:\n{self.read_log()}"
                 )
             time.sleep(0.05)
+
+    def _serves(self, pid: int) -> bool:
+        """Whether worker ``pid`` accepts connections (Linux); ``True`` where that cannot be seen."""
+        port = int(self.url.rsplit(":", 1)[1].split("/")[0])
+        inode = _listening_inode(port)
+        return True if inode is None else _polls(pid, inode)
 
     def worker_pids(self) -> list[int]:
         """The pids of the processes serving requests: uvicorn's workers, or the server itself with one worker.
@@ -192,6 +201,43 @@ class LiveServer:
         if timeout is not None:
             self.timeout = timeout
         return self.start()
+
+
+def _listening_inode(port: int) -> str | None:
+    """The inode of the TCP socket listening on ``port`` (Linux's ``/proc/net/tcp``), or ``None``."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                return inode
+    return None
+
+
+def _polls(pid: int, inode: str) -> bool:
+    """Whether an epoll instance of process ``pid`` watches socket ``inode``: its event loop accepts on it."""
+    try:
+        mine, epolls = set(), []
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target == f"socket:[{inode}]":
+                mine.add(fd.name)
+            elif target == "anon_inode:[eventpoll]":
+                epolls.append(fd.name)
+        for epoll in epolls:
+            for line in Path(f"/proc/{pid}/fdinfo/{epoll}").read_text().splitlines():
+                if line.startswith("tfd:") and line.split()[1] in mine:
+                    return True
+    except OSError:  # the process exited while we looked
+        return False
+    return False
 
 
 def _children(pid: int, *, marked: str) -> list[int]:

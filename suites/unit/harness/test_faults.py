@@ -3,6 +3,7 @@ upstream storms through the fake provider's script (in-process and over /_fake o
 
 from __future__ import annotations
 
+import os
 import signal
 from collections import Counter
 from pathlib import Path
@@ -18,15 +19,20 @@ from creditgate_harness.services import NotRestartable, Service, ServiceUnavaila
 from creditgate_harness.services.base import run_sync
 from creditgate_harness.services.postgres import plain_url, server_version
 
-TINY_APP = '''
+TINY_APP = """
 import os
+import pathlib
+import time
+
+if pathlib.Path(__file__).with_name("slow").exists():  # a worker started after the test made this file
+    time.sleep(1.0)  # imports slowly, like a real app
 
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
-'''
+"""
 
 
 def _tiny_server(tmp_path: Path, *, workers: int) -> LiveServer:
@@ -36,8 +42,8 @@ def _tiny_server(tmp_path: Path, *, workers: int) -> LiveServer:
     )
 
 
-def _serving_pid(server: LiveServer) -> int:
-    return int(httpx.get(server.url, timeout=5).text)
+def _serving_pid(server: LiveServer, *, timeout: float = 5) -> int:
+    return int(httpx.get(server.url, timeout=timeout).text)
 
 
 # -- a live server's workers ---------------------------------------------------------------------------------
@@ -48,13 +54,20 @@ def test_a_killed_worker_is_replaced_and_a_crashed_server_restarts_on_its_port(t
         assert len(workers) == 2  # uvicorn's workers only: not its multiprocessing resource tracker
         assert _serving_pid(server) in workers
 
+        (tmp_path / "slow").touch()
         killed = server.kill_worker()
         assert killed == workers[0]
         now = server.worker_pids()
         assert len(now) == 2
         assert killed not in now
         assert workers[1] in now  # the other worker was not touched
-        assert {_serving_pid(server) for _ in range(4)} <= set(now)
+        (new,) = set(now) - set(workers)
+        os.kill(workers[1], signal.SIGSTOP)  # only the new worker can answer now: it must already serve
+        try:
+            assert _serving_pid(server, timeout=0.8) == new
+        finally:
+            os.kill(workers[1], signal.SIGCONT)
+        (tmp_path / "slow").unlink()
 
         gone = server.kill_all()
         assert set(gone) == {server.process.pid, *now} if server.process else False
@@ -99,9 +112,8 @@ def test_a_restarted_private_postgres_answers_on_its_url_with_its_data(private_p
     run_sync(_scalar(private_postgres.url, "CREATE TABLE IF NOT EXISTS kept (n int); INSERT INTO kept VALUES (7)"))
     started = run_sync(_scalar(private_postgres.url, "SELECT pg_postmaster_start_time()"))
 
-    with private_postgres.outage():
-        with pytest.raises(ServiceUnavailable, match="cannot connect"):
-            server_version(private_postgres.url)
+    with private_postgres.outage(), pytest.raises(ServiceUnavailable, match="cannot connect"):
+        server_version(private_postgres.url)
 
     assert run_sync(_scalar(private_postgres.url, "SELECT pg_postmaster_start_time()")) > started
     assert run_sync(_scalar(private_postgres.url, "SELECT sum(n) FROM kept")) >= 7
@@ -221,7 +233,7 @@ def test_a_storm_on_a_server_of_its_own_through_the_client(upstream: Any) -> Non
         assert _statuses(client, 2) == [502, 200]
         assert len(remote.served()) == 8 - 2 + 1  # served: every 200 that was a completion (cuts included)
 
-        with pytest.raises(ValueError, match="add up to 1.5"):
+        with pytest.raises(ValueError, match=r"add up to 1\.5"):
             remote.storm({Fault.status_code(503): 0.75, Fault.malformed(): 0.75})
         with pytest.raises(ValueError, match="fault 'flood'"):
             remote._post("/_fake/script", [{"fault": "flood"}])
@@ -230,7 +242,7 @@ def test_a_storm_on_a_server_of_its_own_through_the_client(upstream: Any) -> Non
 
 def test_a_storm_refuses_what_it_cannot_do() -> None:
     provider = FakeProvider()
-    with pytest.raises(ValueError, match="add up to 1.2"):
+    with pytest.raises(ValueError, match=r"add up to 1\.2"):
         provider.storm({Fault.status_code(503): 0.6, Fault.malformed(): 0.6})
     with pytest.raises(ValueError, match="rate= is for a single fault"):
         provider.storm({Fault.status_code(503): 0.5}, rate=0.5)
