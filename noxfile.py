@@ -102,7 +102,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def example(session: nox.Session) -> None:
-    """examples/wallet as a user would: a fresh venv, the harness alone (./harness: no gateway), the project, pytest."""
+    """examples/wallet as a user would (a fresh venv, the harness alone: no gateway), green on the correct app, and
+    red on each planted money bug (WALLET_BUG=double-credit|race|charge-on-failure) with the money checks expected."""
     venv = Path(session.create_tmp()).resolve() / "wallet-venv"
     shutil.rmtree(venv, ignore_errors=True)
     session.run("uv", "venv", "-q", str(venv), external=True)
@@ -112,6 +113,10 @@ def example(session: nox.Session) -> None:
     session.run(python, "-c", NO_GATEWAY, external=True)
     with session.chdir("examples/wallet"):
         session.run(python, "-m", "pytest", "-p", "no:cacheprovider", *session.posargs, external=True)
+        # The three planted bugs at once (the live-server test is the slowest and adds no verdict of its own here).
+        session.run(
+            python, "planted_bugs.py", "--deselect", "tests/test_wallet.py::test_the_app_on_a_real_port", external=True
+        )
 
 
 @nox.session(default=False)

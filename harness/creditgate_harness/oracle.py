@@ -327,6 +327,12 @@ class OracleReport:
         checked = checked and bool(self.accounts)
         return not self.violations and not self.pending_holds and checked
 
+    def assert_ok(self) -> OracleReport:
+        """Raise ``AssertionError`` with the whole verdict in words unless ``ok``; return the report otherwise."""
+        if not self.ok:
+            raise AssertionError(str(self))
+        return self
+
     def __str__(self) -> str:
         indeterminate = sum(a.indeterminate for a in self.accounts.values())
         head = (
@@ -354,8 +360,8 @@ Attribute = Callable[[Any], "tuple[str, str] | None"]
 
 def check_money(
     *,
-    outcomes: Iterable[Outcome],
-    served: Iterable[Any],
+    outcomes: Iterable[Outcome] = (),
+    served: Iterable[Any] = (),
     payments: Iterable[Payment | Mapping[str, Any]] = (),
     books: Iterable[Books] | None = None,
     before: Mapping[str, AccountBooks] | None = None,
@@ -378,7 +384,8 @@ def check_money(
         before: every account's ``AccountBooks`` before the run (e.g. ``LedgerCheck.books(url)``), and
         after: the same after it.
         pricing: ``Pricing`` (the gateway's charging rules) or any price callable; or else
-        price: ``served -> Decimal``, the credits the app must charge for one served completion.
+        price: ``served -> Decimal``, the credits the app must charge for one served completion (needed once
+            anything was served).
         attribute: ``served -> (rid, account)`` or ``None``; default: the marker in the prompt.
         tolerance: how much more than the price each account may be charged in total (never less).
         payment_account: the Checkout Session metadata key naming the account, for raw payment rows.
@@ -479,14 +486,19 @@ def check_money(
 
 
 def _price(pricing: Pricing | Price | None, price: Price | None) -> Price:
-    if (pricing is None) == (price is None):
-        raise TypeError(
-            "check_money needs one price: price=lambda served: Decimal(…) (the credits one served completion "
-            "costs) or pricing=Pricing(…) (the gateway's charging rules)"
-        )
+    if pricing is not None and price is not None:
+        raise TypeError("check_money takes one price: price= or pricing=, not both")
     chosen = pricing if pricing is not None else price
-    assert chosen is not None
-    return chosen
+    if chosen is not None:
+        return chosen
+
+    def missing(served: Any) -> Decimal:
+        raise TypeError(
+            "check_money needs a price for what was served: price=lambda served: Decimal(…) (the credits one "
+            "served completion costs, e.g. its prompt_tokens + completion_tokens) or pricing=Pricing(…)"
+        )
+
+    return missing
 
 
 def _judge(b: Books, r: AccountResult, tolerance: Decimal, add: Callable[[Violation], None]) -> None:

@@ -1,4 +1,6 @@
-"""Wallets with a balance in tokens, and the Stripe payments already credited (each once)."""
+"""Wallets with a balance in tokens, and their entries: every change of a balance is one entry, in the same
+transaction (the opening deposit, each Stripe top-up, each charge). A top-up's entry carries its Checkout Session
+as ``ref``, unique: a redelivered webhook cannot credit it twice."""
 
 from __future__ import annotations
 
@@ -19,9 +21,11 @@ class Wallet(Base):
     balance: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class Payment(Base):
-    __tablename__ = "payments"
+class Entry(Base):
+    __tablename__ = "entries"
 
-    checkout_session: Mapped[str] = mapped_column(String(100), primary_key=True)
-    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"))
-    tokens: Mapped[int] = mapped_column(Integer)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # open | top-up | charge
+    amount: Mapped[int] = mapped_column(Integer)  # tokens: credits positive, charges negative
+    ref: Mapped[str | None] = mapped_column(String(100), unique=True)  # a top-up's Checkout Session
