@@ -17,7 +17,7 @@ Every fault is the harness's own API, as any project's tests use it: ``LiveServe
 (``FakeProviderClient.storm``: the upstream runs in a process of its own).
 
 The fault window runs from the injection until the stack is back (the gateway's /health answers 200 with every
-worker up; for the storm, until its script is cleared plus the upstream timeout and the breaker's cooldown).
+worker serving again; for the storm, until it ends plus the upstream timeout and the breaker's cooldown).
 After every scenario ran, the runner waits until no hold is open (stuck ones expire after the TTL of 30 s and the
 sweeper releases them), then judges each scenario. Pass: requests and paid answers > 0; no 5xx and no unanswered
 request outside the fault window; throughput after recovery within ``--margin`` of the baseline before the fault;
