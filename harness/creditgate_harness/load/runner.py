@@ -231,13 +231,25 @@ def outcomes_from(rows: list[dict[str, Any]]) -> list[Outcome]:
     ]
 
 
-def fakes_records(upstream: str, stripe: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """What the fake upstream served (``GET /_fake/served``) and the fake Stripe completed (``/_test/payments``)."""
+def fakes_records(
+    upstream: str, stripe: str | None, *, since: tuple[int, int] = (0, 0)
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What the fake upstream served (``GET /_fake/served``) and the fake Stripe completed (``/_test/payments``),
+    from the ``since`` offsets on (``fakes_offsets`` before the run: fakes that outlive a run keep its
+    predecessors' records, whose markers may name the same account ids)."""
     served: list[dict[str, Any]] = httpx.get(f"{upstream.rstrip('/')}/_fake/served", timeout=60).json()
     payments: list[dict[str, Any]] = (
         httpx.get(f"{stripe.rstrip('/')}/_test/payments", timeout=30).json() if stripe else []
     )
-    return served, payments
+    return served[since[0] :], payments[since[1] :]
+
+
+def fakes_offsets(upstream: str | None, stripe: str | None) -> tuple[int, int]:
+    """How many records the fakes hold now (``fakes_records(since=…)`` after the run skips them)."""
+    if not upstream:
+        return 0, 0
+    served, payments = fakes_records(upstream, stripe)
+    return len(served), len(payments)
 
 
 def money_verdict(
@@ -298,6 +310,7 @@ def run_against(
         f"{len(accounts.clients)} clients on {len(accounts.accounts)} accounts"
     )
     before = adapter.snapshot(accounts)
+    offsets = fakes_offsets(upstream, stripe)
     env = {"LOAD_WEBHOOK_SECRET": args.webhook_secret} | ({"LOAD_STRIPE_URL": stripe} if stripe else {})
     locust = run_locust(
         out,
@@ -315,7 +328,7 @@ def run_against(
     (out / "books.json").write_text(json.dumps({"before": before, "after": after}, indent=1, default=str))
     oracle, skipped = None, ""
     if upstream:
-        served, payments = fakes_records(upstream, stripe)
+        served, payments = fakes_records(upstream, stripe, since=offsets)
         oracle = money_verdict(
             adapter, rows=locust.rows(), before=before, after=after, served=served, payments=payments
         )
@@ -433,6 +446,7 @@ __all__ = [
     "add_run_options",
     "ceiling_lines",
     "ceilings_for",
+    "fakes_offsets",
     "fakes_records",
     "judge",
     "measure_ceiling",
