@@ -119,7 +119,7 @@ class LiveServer:
                 answered = httpx.get(f"{self.url}{self.ready_path}", timeout=1).status_code < 500
             except httpx.HTTPError:
                 answered = False
-            if answered and len(pids := self.worker_pids()) >= self.workers and all(map(self._serves, pids)):
+            if answered and len(pids := self.worker_pids()) >= self.workers and self._all_serve(pids):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(
@@ -128,11 +128,10 @@ class LiveServer:
                 )
             time.sleep(0.05)
 
-    def _serves(self, pid: int) -> bool:
-        """Whether worker ``pid`` accepts connections (Linux); ``True`` where that cannot be seen."""
-        port = int(self.url.rsplit(":", 1)[1].split("/")[0])
-        inode = _listening_inode(port)
-        return True if inode is None else _polls(pid, inode)
+    def _all_serve(self, pids: list[int]) -> bool:
+        """Whether every worker in ``pids`` accepts connections (Linux); ``True`` where that cannot be seen."""
+        inode = _listening_inode(int(self.url.rsplit(":", 1)[1].split("/")[0]))
+        return inode is None or all(_polls(pid, inode) for pid in pids)
 
     def worker_pids(self) -> list[int]:
         """The pids of the processes serving requests: uvicorn's workers, or the server itself with one worker.
