@@ -32,6 +32,7 @@ from starlette.types import ASGIApp
 from creditgate_harness.services.base import free_port
 
 _WORKER_MARK = "spawn_main"  # uvicorn's workers are multiprocessing "spawn" children; its resource tracker is not
+_SIGKILL: int = getattr(signal, "SIGKILL", 9)  # no SIGKILL on Windows: the module still imports there
 
 
 class ThreadedServer:
@@ -144,7 +145,7 @@ class LiveServer:
         return _children(self.process.pid, marked=_WORKER_MARK)
 
     def kill_worker(
-        self, pid: int | None = None, *, sig: int = signal.SIGKILL, wait: bool = True, timeout: float = 60
+        self, pid: int | None = None, *, sig: int = _SIGKILL, wait: bool = True, timeout: float = 60
     ) -> int:
         """Kill one worker (``pid``, or the first of ``worker_pids()``) with ``sig``; return the pid killed.
 
@@ -177,21 +178,26 @@ class LiveServer:
             self.wait_ready(max(1.0, deadline - time.monotonic()))
         return pid
 
-    def kill_all(self, *, sig: int = signal.SIGKILL) -> list[int]:
+    def kill_all(self, *, sig: int = _SIGKILL) -> list[int]:
         """Kill the supervisor and every worker with ``sig`` (a crash of the whole server; nothing restarts it).
 
         Returns the pids killed; ``restart()`` starts the server again on the same port."""
         if self.process is None or self.process.poll() is not None:
             return []
-        workers = self.worker_pids() if self.workers > 1 else []
-        killed = [self.process.pid, *workers]
-        for pid in killed:  # the supervisor first: it would replace the workers
+        supervisor = self.process.pid
+        if self.workers > 1:
+            os.kill(supervisor, signal.SIGSTOP)  # frozen, it cannot start a replacement while its workers die
+        children = _children(supervisor, marked="") if self.workers > 1 else []
+        for pid in children:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 continue
+        os.kill(supervisor, sig)
+        if self.workers > 1 and sig != _SIGKILL:
+            os.kill(supervisor, signal.SIGCONT)  # to act on ``sig``
         self.process.wait()
-        return killed
+        return [supervisor, *children]
 
     def restart(self, *, timeout: float | None = None) -> LiveServer:
         """Stop the server if it still runs, start it again on the same port with the same command line and
