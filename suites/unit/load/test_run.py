@@ -4,6 +4,7 @@ final figures from it, is a failed run."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -77,3 +78,22 @@ def test_client_records_become_oracle_outcomes() -> None:
     ]
     outcomes = runner.outcomes_from(rows)
     assert [(o.rid, o.account, o.definite) for o in outcomes] == [("a", "3", True), ("b", "3", False)]
+
+
+def test_the_chaos_runners_keys_file_becomes_the_plan_of_creditgates_adapter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """suites/chaos/run.py starts locust with a ``Provisioned.keys_file()`` (LOAD_KEYS_FILE), as before adapters."""
+    keys = tmp_path / "all-keys.json"
+    keys.write_text('{"users": [{"key": "k1", "account": 5}], "org_members": [{"key": "k2", "account": 9}]}')
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(runner, "start_locust", lambda out, **kw: seen.update(kw) or ("run", "process"))
+    env = {"LOAD_KEYS_FILE": str(keys), "LOAD_STOP_FILE": "stop"}
+    assert run.start_locust(tmp_path, host="http://gw", users=2, duration=600, env=env) == ("run", "process")
+    assert seen["adapter"] == "suites.load.adapter:Creditgate"
+    assert seen["env"] == {"LOAD_STOP_FILE": "stop", "LOAD_WEBHOOK_SECRET": "whsec_load"}
+    plan = json.loads(Path(str(seen["plan"])).read_text())
+    assert plan["clients"] == [
+        {"account": "5", "headers": {"Authorization": "Bearer k1"}, "shared": False},
+        {"account": "9", "headers": {"Authorization": "Bearer k2"}, "shared": True},
+    ]
