@@ -30,6 +30,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
     bug = os.environ.get("WALLET_BUG", "")
     if bug and bug not in BUGS:
         raise ValueError(f"WALLET_BUG={bug!r}: use one of {', '.join(BUGS)}, or leave it unset for the correct app")
+    stripe.api_base = os.environ.get("STRIPE_API_BASE", "https://api.stripe.com")  # a fake Stripe on a port, in tests
     engine = create_async_engine(database_url or os.environ.get("WALLET_DATABASE_URL", "sqlite+aiosqlite:///wallet.db"))
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     app = FastAPI(title="wallet")
