@@ -14,6 +14,7 @@ import json
 import random
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -24,6 +25,7 @@ from creditgate.billing import webhooks
 from creditgate.ledger import service as ledger_service
 from creditgate.testing.gateway import TestUser
 from creditgate_harness import (
+    AccountBooks,
     Books,
     FakeProvider,
     Fault,
@@ -37,6 +39,7 @@ from creditgate_harness import (
     marker,
     sign_payload,
 )
+from creditgate_harness.fakes.providers.app import ServedCompletion
 from creditgate_harness.fixtures.fakes import StripeFake
 
 D = Decimal
@@ -144,6 +147,166 @@ def test_holds_still_before_their_ttl_make_the_verdict_wait() -> None:
     assert not report.violations
     assert not report.ok
     assert "INCONCLUSIVE" in str(report)
+
+
+# -- any app: the fakes' own records, a price callable, books snapshots -----------------------------------------
+def tokens(s: Any) -> Decimal:
+    """A wallet's price: an answer costs its total tokens."""
+    return Decimal(s.prompt_tokens + s.completion_tokens)
+
+
+def completion(rid: str, account: str, *, tokens: tuple[int, int] = (10, 5), stream: bool = False) -> ServedCompletion:
+    """What the fake provider itself records (its ``served`` list), not a conversion of it."""
+    return ServedCompletion(
+        "/v1/chat/completions", "gpt-4o-mini", [f"q {marker(rid, account)}"], stream, *tokens, True, "a", True, 0.0
+    )
+
+
+def wallet(balance: int, *entries: int) -> AccountBooks:
+    return AccountBooks("1", D(balance), tuple((str(i), D(a)) for i, a in enumerate(entries, 1)))
+
+
+RUN: dict[str, Any] = {  # wallet 1 opened with 100: two answers of 15 and a 503, then a top-up of 500 paid once
+    "outcomes": [Outcome("a", "1", 200), Outcome("b", "1", 200), Outcome("c", "1", 502)],
+    "served": [completion("a", "1"), completion("b", "1")],
+    "payments": [{"checkout_session": "cs_1", "metadata": {"wallet_id": "1", "tokens": "500"}}],
+    "payment_account": "wallet_id",
+    "payment_credits": "tokens",
+    "before": {"1": wallet(100, 100)},
+    "price": tokens,
+}
+
+
+def test_the_fakes_own_records_are_taken_as_they_are() -> None:
+    """Issue 27: ``'ServedCompletion' object has no attribute 'price'`` — the fake's records need no conversion."""
+    fake = [completion("a", "1", tokens=(10, 10))]
+    books = [Books("1", initial=D(50), final=D("49.98"), purchases=D(0), charges=D("0.02"))]
+    for served_rows in (fake, [c.as_json() for c in fake]):  # the objects, or GET /_fake/served rows
+        report = check_money(
+            outcomes=[Outcome("a", "1", 200)],
+            served=served_rows,
+            books=books,
+            pricing=Pricing({"gpt-4o-mini": PRICING.models["m"]}, increment=D("0.01")),
+        )
+        assert report.ok, str(report)
+
+
+def test_books_that_match_what_happened_pass_with_a_price_callable() -> None:
+    report = check_money(**RUN, after={"1": wallet(570, 100, -15, -15, 500)})
+    assert report.ok, str(report)
+    assert report.accounts["1"].charges_min == D(30)
+    assert report.accounts["1"].purchases == D(500)
+
+
+@pytest.mark.parametrize(
+    ("after", "violations"),
+    [
+        (  # the 503 billed too
+            wallet(566, 100, -15, -15, -4, 500),
+            [
+                "[charges] account 1: the books charged 34.00 for usage; the upstream served 30.00 (2 answered, 0 "
+                "indeterminate requests)",
+                "[balance] account 1: final balance 566 but initial 100 + purchases 500.00 - charges gives 570.00",
+            ],
+        ),
+        (  # the webhook credited twice
+            wallet(1070, 100, -15, -15, 500, 500),
+            [
+                "[purchases] account 1: the books credited 1000.00 for purchases; Stripe completed 1 payments worth "
+                "500.00",
+                "[balance] account 1: final balance 1070 but initial 100 + purchases 500.00 - charges gives 570.00",
+            ],
+        ),
+        (  # two answers written from one stale read, and the top-up not yet in: the entries go below zero
+            wallet(85, 100, -15, -115),
+            [
+                "[purchases] account 1: the books credited 0.00 for purchases; Stripe completed 1 payments "
+                "worth 500.00",
+                "[charges] account 1: the books charged 130.00 for usage; the upstream served 30.00 (2 answered, 0 "
+                "indeterminate requests)",
+                "[balance] account 1: final balance 85 but initial 100 + purchases 500.00 - charges gives 570.00",
+                "[negative-balance] account 1: the entries take the balance to -30.00 at entry 3;"
+                " it must never go below 0",
+                "[entries] account 1: balance 85 but its 3 entries sum to -30.00; every "
+                "balance change must be one entry",
+            ],
+        ),
+        (  # no entries: the balance alone, and it is below zero
+            AccountBooks("1", D(-1)),
+            [
+                "[balance] account 1: final balance -1 but initial 100 + purchases 500.00 - charges gives 570.00",
+                "[negative-balance] account 1: balance -1; it must never go below 0",
+            ],
+        ),
+    ],
+    ids=["charge-on-failure", "double-credit", "lost-update", "balance-only"],
+)
+def test_each_wrong_book_is_said_in_words(after: AccountBooks, violations: list[str]) -> None:
+    report = check_money(**RUN, after={"1": after})
+    assert [str(v) for v in report.violations] == violations
+    assert not report.ok
+    with pytest.raises(AssertionError, match=r"money oracle: 1 accounts, 3 requests .* violation\(s\)"):
+        report.assert_ok()
+
+
+def test_tolerance_allows_overcharge_never_undercharge() -> None:
+    over, under = wallet(568, 100, -16, -16, 500), wallet(572, 100, -14, -14, 500)
+    assert check_money(**RUN, after={"1": over}, tolerance=D(2)).ok
+    assert not check_money(**RUN, after={"1": over}, tolerance=D(1)).ok
+    assert {v.check for v in check_money(**RUN, after={"1": under}, tolerance=D(5)).violations} == {
+        "charges",
+        "balance",
+    }
+
+
+def test_nothing_checked_is_not_a_pass() -> None:
+    books = {"1": wallet(100, 100)}
+    quiet = check_money(before=books, after=books, price=tokens)  # an account, but no request and no payment
+    assert not quiet.ok
+    assert "NOTHING CHECKED" in str(quiet)
+    elsewhere = check_money(
+        payments=[{"checkout_session": "cs_9", "metadata": {"account_id": "9", "credits": "5"}}],
+        before=books,
+        after=books,
+    )
+    assert not elsewhere.ok
+    assert "1 payments are for accounts the books do not list" in str(elsewhere)
+    paid = check_money(payments=[Payment("cs_1", "1", D(5))], before=books, after={"1": wallet(105, 100, 5)})
+    assert paid.ok, str(paid)
+
+
+def test_a_callers_attribution_and_a_stream_on_one_side_only() -> None:
+    unmarked = [replace(completion("x", "1", stream=True), texts=["no marker here"])]
+    after = {"1": wallet(85, 100, -15)}
+    outcomes = [Outcome("r1", "1", 200)]  # the client did not stream; the app streamed from the upstream
+    by_default = check_money(outcomes=outcomes, served=unmarked, before=RUN["before"], after=after, price=tokens)
+    assert [v.check for v in by_default.violations] == ["answered-unserved", "charges", "balance"]
+    assert "1 upstream completions name no request" in str(by_default)
+    mine = check_money(
+        outcomes=outcomes,
+        served=unmarked,
+        before=RUN["before"],
+        after=after,
+        price=tokens,
+        attribute=lambda s: ("r1", "1"),
+    )
+    assert mine.ok, str(mine)
+
+
+def test_misuse_is_a_clear_error() -> None:
+    books = {"1": wallet(100, 100)}
+    with pytest.raises(TypeError, match=r"needs the books: books=.*or before= and after="):
+        check_money(price=tokens)
+    with pytest.raises(TypeError, match="books= or before=/after=, not both"):
+        check_money(books=[], before=books, after=books, price=tokens)
+    with pytest.raises(TypeError, match="one price: price= or pricing=, not both"):
+        check_money(before=books, after=books, price=tokens, pricing=PRICING)
+    with pytest.raises(TypeError, match="needs a price for what was served: price=lambda served"):
+        check_money(outcomes=[Outcome("a", "1", 200)], served=[completion("a", "1")], before=books, after=books)
+    with pytest.raises(
+        ValueError, match=r"no metadata\['account_id'\].*pass payment_account=.*it set: \['wallet_id'\]"
+    ):
+        check_money(payments=[{"checkout_session": "cs_1", "metadata": {"wallet_id": "1"}}], before=books, after=books)
 
 
 # -- against the real gateway, in-process ---------------------------------------------------------------------
