@@ -119,7 +119,7 @@ def example(session: nox.Session) -> None:
     session.run(python, "-c", NO_GATEWAY, external=True)
     with session.chdir("examples/wallet"):
         session.run(python, "-m", "pytest", "-p", "no:cacheprovider", *session.posargs, external=True)
-        # The three planted bugs at once (the live-server test is the slowest and adds no verdict of its own here).
+        # One run, every test once per planted bug (not the live-server test: the slowest, no verdict of its own).
         session.run(
             python, "planted_bugs.py", "--deselect", "tests/test_wallet.py::test_the_app_on_a_real_port", external=True
         )

@@ -1,9 +1,10 @@
 """The example's tests must catch each planted money bug, with the harness's own checks: `python planted_bugs.py`.
 
-For each ``WALLET_BUG`` (app/main.py) it runs the suite (pytest's arguments after the script's name are passed on),
-reads its JUnit XML and fails unless the run failed, the tests named below are among the failures, each with the
-money oracle's verdict naming the check expected, and every failure is a money verdict (the oracle's or the
-ledger check's): a run that passes, or fails for another reason (an import error, a typo), fails this script.
+It runs the suite once with this module as a pytest plugin (``-p planted_bugs``), which runs every test once per
+``WALLET_BUG`` (app/main.py), reads the JUnit XML and fails unless the tests named below failed on each bug, each
+with the money oracle naming the violation expected, and every failure is a money verdict (the oracle's or the
+ledger check's): a bug the suite lets through, or a failure for another reason (an import error, a typo), fails
+this script. pytest's arguments after the script's name are passed on.
 """
 
 from __future__ import annotations
@@ -15,17 +16,27 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-TESTS = "tests/test_wallet.py::"
+import pytest
+
 # bug → {test id: a violation the money oracle must name in its failure}
 EXPECTED = {
-    "double-credit": {"test_a_redelivered_top_up_is_credited_once": "[purchases]"},
+    "double-credit": {"test_a_redelivered_top_up_is_credited_once[double-credit]": "[purchases]"},
     "race": {
-        "test_concurrent_asks_never_spend_a_token_twice[sqlite]": "[negative-balance]",
-        "test_concurrent_asks_never_spend_a_token_twice[postgres]": "[negative-balance]",
+        "test_concurrent_asks_never_spend_a_token_twice[race-sqlite]": "[negative-balance]",
+        "test_concurrent_asks_never_spend_a_token_twice[race-postgres]": "[negative-balance]",
     },
-    "charge-on-failure": {"test_answers_are_charged_what_was_served_and_outages_nothing": "[charges]"},
+    "charge-on-failure": {
+        "test_answers_are_charged_what_was_served_and_outages_nothing[charge-on-failure]": "[charges]"
+    },
 }
 MONEY = ("money oracle:", "ledger check")
+
+
+@pytest.fixture(autouse=True, params=list(EXPECTED))
+def wallet_bug(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The plugin's side: every test runs on the app with each planted bug (set before the app is built)."""
+    monkeypatch.setenv("WALLET_BUG", request.param)
+    return str(request.param)
 
 
 def failures(junit: Path) -> dict[str, str]:
@@ -38,43 +49,44 @@ def failures(junit: Path) -> dict[str, str]:
     return found
 
 
-def start(bug: str, junit: Path, args: list[str]) -> subprocess.Popen[str]:
-    """The suite on the app with ``bug`` planted, in the background (the three runs overlap)."""
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--junitxml={junit}", *args]
-    env = {**os.environ, "WALLET_BUG": bug}
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def ran_with(test: str, bug: str) -> bool:
+    """Whether a test id ran with ``bug`` planted (the first of its parameters: the plugin's fixture)."""
+    params = test.partition("[")[2].removesuffix("]")
+    return params == bug or params.startswith(f"{bug}-")
 
 
-def check(bug: str, expected: dict[str, str], run: subprocess.Popen[str], junit: Path) -> list[str]:
-    """What is wrong with one planted bug's run (nothing: it was caught as expected)."""
-    output, _ = run.communicate()
-    if run.returncode != 1 or not junit.exists():
-        tail = "\n".join(output.splitlines()[-15:])
-        return [f"WALLET_BUG={bug}: pytest exited {run.returncode} (1 expected: tests failed)\n{tail}"]
-    failed = failures(junit)
-    problems = []
-    for test, violation in expected.items():
-        if test not in failed:
-            problems.append(f"WALLET_BUG={bug}: {TESTS}{test} passed; it must catch the bug")
-        elif violation not in failed[test]:
-            problems.append(f"WALLET_BUG={bug}: {TESTS}{test} failed without the oracle naming {violation}")
+def problems(failed: dict[str, str]) -> list[str]:
+    """What is wrong with the run (nothing: every bug was caught as expected, on money checks only)."""
+    found = []
+    for bug, expected in EXPECTED.items():
+        for test, violation in expected.items():
+            if test not in failed:
+                found.append(f"WALLET_BUG={bug}: {test} passed; it must catch the bug")
+            elif violation not in failed[test]:
+                found.append(f"WALLET_BUG={bug}: {test} failed without the oracle naming {violation}")
+        caught = sorted(t for t in failed if ran_with(t, bug))
+        print(f"WALLET_BUG={bug}: {len(caught)} failing test(s): {', '.join(caught)}")
     for test, text in failed.items():
         if not any(kind in text for kind in MONEY):
-            problems.append(f"WALLET_BUG={bug}: {TESTS}{test} failed, but not on a money check:\n{text[:600]}")
-    print(f"WALLET_BUG={bug}: {len(failed)} failing test(s): {', '.join(sorted(failed))}")
-    return problems
+            found.append(f"{test} failed, but not on a money check:\n{text[:600]}")
+    return found
 
 
 def main(args: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        junits = {bug: Path(tmp) / f"{bug}.xml" for bug in EXPECTED}
-        runs = {bug: start(bug, junits[bug], args) for bug in EXPECTED}
-        problems = [p for bug, expected in EXPECTED.items() for p in check(bug, expected, runs[bug], junits[bug])]
-    for problem in problems:
+        junit = Path(tmp) / "junit.xml"
+        command = [sys.executable, "-m", "pytest", "-p", "planted_bugs", "-p", "no:cacheprovider", "-q"]
+        run = subprocess.run([*command, f"--junitxml={junit}", *args], capture_output=True, text=True, env=os.environ)
+        if run.returncode != 1 or not junit.exists():
+            tail = "\n".join((run.stdout + run.stderr).splitlines()[-15:])
+            print(f"pytest exited {run.returncode} (1 expected: tests failed)\n{tail}", file=sys.stderr)
+            return 1
+        found = problems(failures(junit))
+    for problem in found:
         print(problem, file=sys.stderr)
-    if not problems:
+    if not found:
         print(f"every planted bug ({', '.join(EXPECTED)}) was caught by the money checks it should be")
-    return 1 if problems else 0
+    return 1 if found else 0
 
 
 if __name__ == "__main__":
