@@ -124,20 +124,20 @@ async def test_every_test_gets_a_fresh_database(async_client):
     assert (await async_client.get("/wallets/1")).status_code == 404
 
 
-async def test_the_app_on_a_real_port(live_server_factory, database_url, fake_openai_server):
-    server = live_server_factory(env={"WALLET_DATABASE_URL": database_url, **fake_openai_server.env})
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+async def test_the_app_on_a_real_port(live_server, fake_openai, database_url):
+    """The same checks on the app under uvicorn (the fake is served on a port for it, with the same state)."""
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
         wallet = await open_wallet(client, 20)
         before = await LEDGER.read(database_url)
-        fake_openai_server.state.default = Reply(content="over the wire", prompt_tokens=4, completion_tokens=4)
+        fake_openai.state.default = Reply(content="over the wire", prompt_tokens=4, completion_tokens=4)
 
         shots = await fire(
-            client, 3, "POST", f"/wallets/{wallet}/ask", json=question, account=wallet, hold=fake_openai_server.state
+            client, 3, "POST", f"/wallets/{wallet}/ask", json=question, account=wallet, hold=fake_openai.state
         )
 
     check_money(
         outcomes=shots,
-        served=fake_openai_server.state.served,
+        served=fake_openai.state.served,
         before=before,
         after=await LEDGER.read(database_url),
         price=tokens,
