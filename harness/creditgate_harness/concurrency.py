@@ -41,9 +41,11 @@ class Gate(asyncio.Event):
         self._waiting: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     def is_set(self) -> bool:
+        """Whether the gate is open."""
         return self._flag.is_set()
 
     def set(self) -> None:
+        """Open the gate: every waiter, on whatever loop and thread, goes on."""
         with self._lock:
             self._flag.set()
             waiting, self._waiting = self._waiting, []
@@ -51,9 +53,11 @@ class Gate(asyncio.Event):
             loop.call_soon_threadsafe(_resolve, future)
 
     def clear(self) -> None:
+        """Close the gate again for the waits to come."""
         self._flag.clear()
 
     async def wait(self) -> bool:  # type: ignore[override]  # asyncio.Event.wait is Literal[True]
+        """Wait until the gate is open (at once if it is)."""
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._flag.is_set():

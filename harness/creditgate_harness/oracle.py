@@ -422,7 +422,12 @@ def check_money(
         seen.add(o.rid)
         result = results.get(o.account)
         if result is None:
-            add(Violation(o.account, "unknown-account", f"request {o.rid} spent an account the books do not list"))
+            detail = (
+                f"request {o.rid} spent an account the books do not list"
+                if o.account
+                else f"request {o.rid} names no account (fire(…, account=…) or Outcome(rid, account, status))"
+            )
+            add(Violation(o.account or "?", "unknown-account", detail))
             continue
         rows = by_rid.get(o.rid, [])
         for account, _ in rows:

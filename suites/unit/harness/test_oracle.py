@@ -295,6 +295,10 @@ def test_a_callers_attribution_and_a_stream_on_one_side_only() -> None:
 
 def test_misuse_is_a_clear_error() -> None:
     books = {"1": wallet(100, 100)}
+    nameless = check_money(outcomes=[Outcome("a", "", 502)], before=books, after=books)
+    assert [str(v) for v in nameless.violations] == [
+        "[unknown-account] account ?: request a names no account (fire(…, account=…) or Outcome(rid, account, status))"
+    ]
     with pytest.raises(TypeError, match=r"needs the books: books=.*or before= and after="):
         check_money(price=tokens)
     with pytest.raises(TypeError, match="books= or before=/after=, not both"):
