@@ -21,11 +21,14 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from creditgate_harness.oracle import Outcome, marker
+
+if TYPE_CHECKING:
+    from creditgate_harness.fakes.providers import FakeProvider
 
 __all__ = ["Gate", "Shot", "fire"]
 
@@ -113,7 +116,7 @@ async def fire(
     headers: Mapping[str, str] | Per | None = None,
     account: str | int | None = None,
     stream: bool = False,
-    hold: Any = None,
+    hold: FakeProvider | None = None,
     timeout: float = 30.0,
 ) -> list[Shot]:
     """Send ``n`` requests at once through ``client`` and return their ``Shot``s, in order of ``index``.

@@ -172,6 +172,15 @@ def test_the_gate_wakes_waiters_on_other_threads_and_loops() -> None:
     assert not gate.is_set()
 
 
+async def test_streams_are_read_to_their_end(provider: FakeProvider) -> None:
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(provider.app), base_url="http://up") as client:
+        shots = await fire(client, 2, "POST", "/v1/chat/completions", json=body, stream=True)
+    assert [(s.status, s.stream, s.complete) for s in shots] == [(200, True, True)] * 2
+    assert all(s.response is not None and s.response.text.endswith("data: [DONE]\n\n") for s in shots)
+    assert [c.complete for c in provider.served] == [True, True]
+
+
 async def test_fire_needs_at_least_one_request() -> None:
     with pytest.raises(ValueError, match=r"fire\(n=0\): fire at least one request"):
         await fire(httpx.AsyncClient(), 0, "GET", "/")
