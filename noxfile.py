@@ -145,7 +145,9 @@ def load(session: nox.Session) -> None:
 
     Each run writes into its own reports/load/<run-id>/; no locust, no paid request or no final stats fails it.
     Also: --processes N (locust distributed), --shape steady|ramp|spike|soak, --target URL --admin-key KEY
-    (a deployed gateway, provisioned and audited through the admin API); see README "Load scenarios".
+    (a deployed gateway, provisioned and audited through the admin API); see docs/load-and-chaos.md. The runner is
+    the harness's (python -m creditgate_harness.load, any app through its adapter); creditgate's adapter is
+    suites/load/adapter.py.
     """
     install(session, "test", "load")
     session.run("python", "-m", "suites.load.run", *session.posargs)
