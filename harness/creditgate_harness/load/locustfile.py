@@ -49,6 +49,7 @@ _own = [c for c in CLIENTS if not c.shared]
 _shared_clients = [c for c in CLIENTS if c.shared]
 _users = itertools.cycle(_own or CLIENTS)
 _members = itertools.cycle(_shared_clients or _own or CLIENTS)
+_payees = itertools.cycle(_own or CLIENTS)  # a cycle of its own: payers top up the accounts the first spenders spend
 PAID = [s.name for s in ADAPTER.scenarios]
 STRIPE_URL = os.environ.get("LOAD_STRIPE_URL", "")
 SECRET = os.environ.get("LOAD_WEBHOOK_SECRET", "whsec_load")
@@ -144,7 +145,7 @@ if STRIPE_URL and ADAPTER.webhook_path and CLIENTS and ADAPTER.checkout(CLIENTS[
         wait_time = between(0.5, 1.5)
 
         def on_start(self) -> None:
-            self.me: Client = next(_users)  # the same accounts Spender spends
+            self.me: Client = next(_payees)  # the accounts the first Spenders spend, concurrently
 
         @task
         def top_up(self) -> None:
