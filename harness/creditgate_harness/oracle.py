@@ -6,7 +6,7 @@ outside the app: what the upstream served (the fake provider's ``served``), what
 computes, per account, what the books must say, and compares with what they do say:
 
 - **charges** = the price of what the upstream served for that account's answered requests. The price is a
-  callable (``price=lambda served: …``) or ``Pricing``, the gateway's documented rules (README, "Charging rules"):
+  callable (``price=lambda served: …``) or ``Pricing``, the gateway's charging rules (docs/inference.md):
   the upstream's usage when it sent one; else the prompt estimate plus an estimate of the text delivered (nothing
   when no text was delivered); rounded up to the credit increment — and *not* capped at the hold: the hold is the
   gateway's reservation, not a price, so an oracle that capped at it would repeat the rule that let unheld prompt

@@ -9,7 +9,7 @@ its fault after a baseline period:
 - ``kill-one-worker``: ``kill -9`` one gateway worker; uvicorn's supervisor starts another;
 - ``kill-all-workers``: ``kill -9`` the supervisor and every worker; the gateway is started again on its port;
 - ``postgres-restart``: the private Postgres, fast shutdown, down a moment, started again;
-- ``redis-restart``: the private Redis shut down and started again (quota counters fail open, README);
+- ``redis-restart``: the private Redis shut down and started again (quota counters fail open: docs/orgs-and-quotas.md);
 - ``upstream-storm``: the fake upstream answers a fifth of calls 503, times out on some and cuts some streams.
 
 Every fault is the harness's own API, as any project's tests use it: ``LiveServer.kill_worker``/``kill_all``/

@@ -95,7 +95,7 @@ def test_telegram_init_data_is_signed_as_telegram_documents() -> None:
 def test_notification_signature_can_be_checked_by_a_receiver_from_the_readme() -> None:
     body, now = b'{"id":"n1","type":"refund"}', int(time.time())
     header = sign("whsec", body, now)
-    # README: X-Creditgate-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">
+    # docs/sign-in.md: X-Creditgate-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">
     t, v1 = (part.split("=", 1)[1] for part in header.split(","))
     assert int(t) == now
     assert v1 == hmac.new(b"whsec", f"{t}.".encode() + body, hashlib.sha256).hexdigest()

@@ -1,5 +1,5 @@
 """app/cli.py: migrate, create-key, `serve --demo` end to end in a subprocess (the entry point as operators run it),
-and every operator mistake as one line with exit code 2 (the table in README "Operators"), checked through
+and every operator mistake as one line with exit code 2 (the table in docs/operators.md, "Errors"), checked through
 ``main(argv)`` in this process."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every event is recorded in ``stripe_events`` (unique by event id) in the same tr
 effect, and every ledger row it writes has an idempotency key derived from the *payment* (the
 Checkout Session), so two different events about one payment can never credit it twice.
 
-Policies (documented in the README):
+Policies (documented in docs/top-ups.md):
 - ``checkout.session.completed`` / ``checkout.session.async_payment_succeeded`` with
   ``payment_status=paid`` → the credits promised at checkout, once per session, when the session adds up:
   its ``amount_total`` is what the checkout was opened for, in USD, paid by the account's own Stripe customer,

@@ -1,6 +1,6 @@
 """Prometheus metrics (prometheus-client), safe across several uvicorn workers.
 
-Families (README "Metrics" lists them with their labels):
+Families (docs/operators.md, "Metrics", lists them with their labels):
 ``creditgate_requests_total``, ``creditgate_request_duration_seconds``, ``creditgate_upstream_requests_total``,
 ``creditgate_upstream_duration_seconds``, ``creditgate_credits_{held,charged,released}_total``,
 ``creditgate_open_holds``, ``creditgate_open_holds_credits``, ``creditgate_refusals_total``,
