@@ -145,8 +145,13 @@ def start(upstream_url: str, model: str, *, timeout: float = 180) -> LiveServer:
 
 
 @contextmanager
-def litellm_proxy(upstream_url: str, model: str) -> Iterator[LiveServer | None]:
-    """The proxy for the duration of the block, stopped afterwards; ``None`` (after one printed line) if unavailable."""
+def litellm_proxy(upstream_url: str, model: str, *, skip: bool = False) -> Iterator[LiveServer | None]:
+    """The proxy for the duration of the block, stopped afterwards; ``None`` (after one printed line) if unavailable
+    or ``skip``."""
+    if skip:
+        print("LiteLLM: skipped (--no-compare)", flush=True)
+        yield None
+        return
     try:
         version = ensure_installed()
         server = start(upstream_url, model)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import re
 import shutil
 import statistics
@@ -29,13 +30,15 @@ import httpx
 from bench.common import fake_upstream, postgres_database
 from bench.litellm_proxy import HEADERS as LITELLM_HEADERS
 from bench.litellm_proxy import litellm_proxy
+from bench.servers import cpu_seconds
+from bench.servers import start as start_server
 from creditgate.auth import service as auth
 from creditgate.db.engine import create_engine, create_sessionmaker
 from creditgate.db.models import Account, Membership, Org
 from creditgate.ledger import service as ledger
 from creditgate.quotas.service import load_plans, set_plan
 from creditgate.testing.catalog import catalog_for_tests
-from creditgate.testing.gateway import migrate, start_gateway
+from creditgate.testing.gateway import migrate
 from creditgate_harness.servers import LiveServer, start_live_server
 from creditgate_harness.services import ServiceUnavailable
 from creditgate_harness.services.base import run_sync
@@ -45,7 +48,7 @@ BODY = {"model": MODEL, "max_tokens": 20, "messages": [{"role": "user", "content
 
 
 KEYS = 32  # one per concurrent client at c=32
-Cell = tuple[float, float, float]  # rps, p50 ms, p99 ms
+Cell = tuple[float, float, float, float]  # rps, p50 ms, p99 ms, server CPU µs per request (nan: not measured)
 
 
 async def _keys(url: str, *, shared_org: bool) -> list[str]:
@@ -95,9 +98,12 @@ def _lua(value: str) -> str:
     return "[==[" + value + "]==]"
 
 
-def measure_wrk(url: str, headers: list[dict[str, str]], *, concurrency: int, seconds: float) -> Cell:
-    """RPS, p50 and p99 (ms) as wrk (C, one thread) measures them; requests take the header sets in turn.
-    Any response other than 2xx fails the measurement."""
+def measure_wrk(
+    url: str, headers: list[dict[str, str]], *, concurrency: int, seconds: float, pid: int | None = None
+) -> Cell:
+    """RPS, p50 and p99 (ms) as wrk (C, one thread) measures them; requests take the header sets in turn; with
+    ``pid``, the CPU time that server process (and its children) spent per request. Any response other than 2xx
+    fails the measurement."""
     sets = ",".join(
         "{" + ",".join(f"[ {_lua(k)} ]={_lua(v)}" for k, v in {**h, "Content-Type": "application/json"}.items()) + "}"
         for h in headers
@@ -119,23 +125,31 @@ def measure_wrk(url: str, headers: list[dict[str, str]], *, concurrency: int, se
         script.name,
         url,
     ]
+    cpu_before = cpu_seconds(pid) if pid is not None else math.nan
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu_before if pid is not None else math.nan
     if (bad := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) or "Socket errors" in out:
         raise AssertionError(f"wrk saw failures ({bad.group(1) if bad else 'socket errors'}):\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     quantile = {q: float(v) * UNIT_MS[u] for q, v, u in re.findall(r"\s(50|99)%\s+([\d.]+)(us|ms|s)\b", out)}
-    return rps, quantile["50"], quantile["99"]
+    done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return rps, quantile["50"], quantile["99"], cpu / done * 1e6
 
 
 async def measure(
-    url: str, headers: dict[str, str] | list[dict[str, str]], *, concurrency: int, requests: int
-) -> tuple[float, float, float]:
+    url: str,
+    headers: dict[str, str] | list[dict[str, str]],
+    *,
+    concurrency: int,
+    requests: int,
+    pid: int | None = None,
+) -> Cell:
     """RPS, p50 and p99 (ms) of ``requests`` requests from ``concurrency`` clients; client i sends ``headers[i]``.
     wrk when it is installed (a Python client tops out below what the upstream and the gateway can serve), for
     ``requests`` / 100 seconds (at least 3); else this process's httpx client."""
     if WRK is not None:
         per_client = headers if isinstance(headers, list) else [headers]
-        return measure_wrk(url, per_client, concurrency=concurrency, seconds=max(3.0, requests / 100))
+        return measure_wrk(url, per_client, concurrency=concurrency, seconds=max(3.0, requests / 100), pid=pid)
     per_client = headers if isinstance(headers, list) else [headers]
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -151,25 +165,29 @@ async def measure(
                 latencies.append(time.perf_counter() - started)
                 assert response.status_code == 200, response.text
 
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), cpu_seconds(pid) if pid is not None else math.nan
         await asyncio.gather(*(worker(per_client[i % len(per_client)]) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1]
-    return requests / elapsed, statistics.median(latencies) * 1000, p99 * 1000
+    cpu = cpu_seconds(pid) - cpu_before if pid is not None else math.nan
+    return requests / elapsed, statistics.median(latencies) * 1000, p99 * 1000, cpu / requests * 1e6
 
 
 # Beside the default (group commit: one function call per money step for every request waiting), in the same run:
 # one call per request, httpx's own connection pool to the upstream (not aiohttp's), the default with one org balance
-# shared by every client, and the ORM path with nothing cached (the code before the hot-path work).
+# shared by every client, the ORM path with nothing cached (the code before the hot-path work), and the default under
+# the other ASGI server `creditgate serve --server` offers.
 VARIANTS: dict[str, dict[str, str]] = {
     "default": {},
+    "granian": {},
     "one call per request": {"CREDITGATE_GROUP_COMMIT": "false"},
     "httpx pool": {"CREDITGATE_UPSTREAM_CLIENT": "httpx"},
     "shared org": {},
     "orm no caches": {"CREDITGATE_FAST_LEDGER": "false", "CREDITGATE_CACHE_SECONDS": "0"},
 }
 SQLITE_VARIANTS = ("default", "orm no caches")  # no round trips to save: neither function calls nor group commit
+SERVER = {"granian": "granian"}  # the variants served by another server than the default, uvicorn
 
 
 def _measure_litellm(litellm: LiveServer, concurrency: int, requests: int) -> Cell | None:
@@ -190,7 +208,7 @@ def _print_litellm(rows: list[tuple[int, Cell, Cell, Cell]]) -> None:
         f"{'concurrency':>11} {'litellm rps':>12} {'ratio':>6} {'litellm p50':>12} {'added p50':>10} "
         f"{'litellm p99':>12} {'gw/litellm rps':>15}"
     )
-    for concurrency, (d_rps, d_p50, _), (g_rps, _, _), (l_rps, l_p50, l_p99) in rows:
+    for concurrency, (d_rps, d_p50, *_), (g_rps, *_), (l_rps, l_p50, l_p99, _) in rows:
         print(
             f"{concurrency:>11} {l_rps:>12.0f} {l_rps / d_rps:>6.0%} {l_p50:>10.2f}ms {l_p50 - d_p50:>8.2f}ms "
             f"{l_p99:>10.2f}ms {g_rps / l_rps:>14.2f}×"
@@ -212,10 +230,10 @@ def python_floor(fake_url: str, requests: int) -> None:
         )
         try:
             for concurrency in (1, 32):
-                d_rps, d_p50, _ = asyncio.run(
+                d_rps, d_p50, *_ = asyncio.run(
                     measure(f"{fake_url}/v1/chat/completions", {}, concurrency=concurrency, requests=requests)
                 )
-                f_rps, f_p50, _ = asyncio.run(
+                f_rps, f_p50, *_ = asyncio.run(
                     measure(f"{floor.url}/v1/chat/completions", {}, concurrency=concurrency, requests=requests)
                 )
                 print(
@@ -239,32 +257,35 @@ def run(
     root = Path(tempfile.mkdtemp())
     (root / "catalog.json").write_text(catalog_for_tests(f"{fake_url}/v1").model_dump_json())
     env = {"CREDITGATE_DATABASE_URL": database_url, "CREDITGATE_CATALOG": str(root / "catalog.json")}
-    gateway = start_gateway(env=env | VARIANTS[variant], log_path=root / "gateway.log")
+    server = SERVER.get(variant, "uvicorn")
+    gateway = start_server(server, env=env | VARIANTS[variant], log_path=root / "gateway.log")
+    assert gateway.process is not None
     litellm_rows: list[tuple[int, Cell, Cell, Cell]] = []
     try:
         print(f"\n{label} ({variant}): {requests} requests per cell")
         print(
             f"{'concurrency':>11} {'direct rps':>11} {'gateway rps':>12} {'ratio':>6} {'direct p50':>11} "
-            f"{'gw p50':>8} {'added p50':>10} {'direct p99':>11} {'gw p99':>8}"
+            f"{'gw p50':>8} {'added p50':>10} {'direct p99':>11} {'gw p99':>8} {'gw CPU/req':>11}"
         )
         for concurrency in (1, 32):
-            d_rps, d_p50, d_p99 = asyncio.run(
+            d_rps, d_p50, d_p99, _ = asyncio.run(
                 measure(f"{fake_url}/v1/chat/completions", {}, concurrency=concurrency, requests=requests)
             )
-            g_rps, g_p50, g_p99 = asyncio.run(
+            g_rps, g_p50, g_p99, g_cpu = asyncio.run(
                 measure(
                     f"{gateway.url}/v1/chat/completions",
                     [{"Authorization": f"Bearer {key}"} for key in keys],
                     concurrency=concurrency,
                     requests=requests,
+                    pid=gateway.process.pid,
                 )
             )
             print(
                 f"{concurrency:>11} {d_rps:>11.0f} {g_rps:>12.0f} {g_rps / d_rps:>6.0%} {d_p50:>9.2f}ms "
-                f"{g_p50:>6.2f}ms {g_p50 - d_p50:>8.2f}ms {d_p99:>9.2f}ms {g_p99:>6.2f}ms"
+                f"{g_p50:>6.2f}ms {g_p50 - d_p50:>8.2f}ms {d_p99:>9.2f}ms {g_p99:>6.2f}ms {g_cpu:>9.0f}µs"
             )
             if litellm is not None and (cell := _measure_litellm(litellm, concurrency, requests)) is not None:
-                litellm_rows.append((concurrency, (d_rps, d_p50, d_p99), (g_rps, g_p50, g_p99), cell))
+                litellm_rows.append((concurrency, (d_rps, d_p50, d_p99, math.nan), (g_rps, g_p50, g_p99, g_cpu), cell))
     finally:
         gateway.stop()
     if litellm_rows:
@@ -275,11 +296,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"some of: {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--no-compare", action="store_true", help="skip the Python floor and LiteLLM (quick runs of the variants)"
+    )
     args, _ = parser.parse_known_args()
     variants = [v.strip() for v in args.variants.split(",")]
     print(f"load generator: {f'wrk ({WRK})' if WRK else 'httpx in this process (wrk not found: apt-get install wrk)'}")
-    with fake_upstream() as fake_url, litellm_proxy(fake_url, MODEL) as litellm:
-        python_floor(fake_url, args.requests)
+    with fake_upstream() as fake_url, litellm_proxy(fake_url, MODEL, skip=args.no_compare) as litellm:
+        if not args.no_compare:
+            python_floor(fake_url, args.requests)
         for variant in (v for v in variants if v in SQLITE_VARIANTS):
             sqlite = f"sqlite+aiosqlite:///{tempfile.mkdtemp()}/bench.db"
             run(sqlite, "SQLite", fake_url, args.requests, variant, litellm)

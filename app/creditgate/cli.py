@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import re
 import sys
@@ -129,9 +130,28 @@ def _fresh_multiprocess_dir() -> None:
         stale.unlink()
 
 
+APP = "creditgate.main:create_app_from_env"
+SERVERS = ("uvicorn", "granian")
+
+
+def server_command(server: str, *, host: str, port: int, workers: int) -> list[str]:
+    """``python -m`` arguments serving the gateway under ``server``, the way ``serve`` runs it (bench/servers.py
+    starts it so): uvicorn on uvloop + httptools, or granian's Rust HTTP server with asyncio on uvloop."""
+    where = ["--host", host, "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+    if server == "uvicorn":
+        return ["uvicorn", APP, "--factory", "--loop", "uvloop", "--http", "httptools", "--no-access-log", *where]
+    if server == "granian":
+        return ["granian", APP, "--factory", "--interface", "asgi", "--loop", "uvloop", "--no-access-log", *where]
+    raise ValueError(f"server {server!r}: one of {', '.join(SERVERS)}")
+
+
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    if args.server == "granian" and importlib.util.find_spec("granian") is None:
+        raise StartupError(
+            "--server", "granian is not installed", "pip install 'creditgate[granian]', or drop --server granian"
+        )
     if args.demo:
         if args.workers > 1:
             raise StartupError(
@@ -172,15 +192,38 @@ def serve(args: argparse.Namespace) -> None:
         )
     if args.workers > 1 and settings.metrics_enabled:
         _fresh_multiprocess_dir()
+    log_config = logging_config(fmt=settings.log_format, level=settings.log_level)
+    if args.server == "granian":
+        granian(args, log_config)
+        return
     uvicorn.run(
-        "creditgate.main:create_app_from_env",
+        APP,
         factory=True,
         host=args.host,
         port=args.port,
         workers=args.workers,
-        log_config=logging_config(fmt=settings.log_format, level=settings.log_level),
+        loop="uvloop",
+        http="httptools",
+        log_config=log_config,
         access_log=False,  # the gateway logs one line per request itself
     )
+
+
+def granian(args: argparse.Namespace, log_config: dict[str, Any]) -> None:
+    """Serve under granian (``--server granian``; the optional extra ``creditgate[granian]``)."""
+    from granian import Granian
+
+    Granian(
+        APP,
+        factory=True,
+        interface="asgi",  # type: ignore[arg-type]  # granian's enums are str enums; it takes their values
+        address=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",  # type: ignore[arg-type]
+        log_dictconfig=log_config,
+        log_access=False,
+    ).serve()
 
 
 def migrate(args: argparse.Namespace) -> None:
@@ -233,8 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p_serve.add_argument("--port", type=_port_arg, default=8000, help="port to listen on (default: %(default)s)")
+    p_serve.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default: %(default)s)")
     p_serve.add_argument(
-        "--workers", type=_positive_int, default=1, help="uvicorn worker processes (default: %(default)s)"
+        "--server",
+        choices=SERVERS,
+        default="uvicorn",
+        help="the ASGI server: uvicorn (uvloop + httptools; the faster in bench.overhead) or granian "
+        "(pip install 'creditgate[granian]') (default: %(default)s)",
     )
     p_serve.add_argument(
         "--log-level",

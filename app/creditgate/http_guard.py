@@ -64,6 +64,14 @@ async def _body(request: Request) -> bytes:
     return body
 
 
+async def guarded_body(request: Request, *, parsed: bool) -> bytes:
+    """The body within the size limit (413) and, for a route that parses it as JSON, free of lone surrogates."""
+    body = await _body(request)
+    if parsed and (error := lone_surrogate(body)) is not None:
+        raise unencodable(error)
+    return body
+
+
 class GuardedRoute(APIRoute):
     """Every router's ``route_class``: a route that takes a body refuses one over the limit, and one that parses
     JSON a lone surrogate in it, before its dependencies (authentication included) or its handler run. FastAPI's
@@ -76,9 +84,7 @@ class GuardedRoute(APIRoute):
         parsed = self.body_field is not None  # else the route reads the raw body itself (the signed webhooks)
 
         async def guarded(request: Request) -> Response:
-            body = await _body(request)
-            if parsed and (error := lone_surrogate(body)) is not None:
-                raise unencodable(error)
+            await guarded_body(request, parsed=parsed)
             return await handler(request)
 
         return guarded

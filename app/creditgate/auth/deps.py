@@ -28,7 +28,8 @@ _x_api_key = APIKeyHeader(
 )
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    """The app's ``Runtime``; ``async``, so FastAPI calls it inline, not in its thread pool (a thread hop each)."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -55,6 +56,11 @@ async def get_principal(
     if principal is None:
         raise AuthenticationFailed("invalid API key", code="invalid_api_key")
     return principal
+
+
+async def principal_of(request: Request) -> Principal:
+    """``get_principal`` for a request, without dependency solving (the inference routes' ``LeanRoute``)."""
+    return await get_principal(request.app.state.runtime, await _bearer(request), await _x_api_key(request))
 
 
 async def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:

@@ -12,11 +12,11 @@ from pydantic import BaseModel, Field
 from creditgate.auth.deps import PrincipalDep, RuntimeDep
 from creditgate.errors import InvalidRequest
 from creditgate.errors_http import ERROR_RESPONSES
-from creditgate.http_guard import GuardedRoute
 from creditgate.llm import relay
+from creditgate.llm.lean import LeanRoute
 from creditgate.providers.openai import ImageData
 
-router = APIRouter(route_class=GuardedRoute, prefix="/v1", tags=["inference"])
+router = APIRouter(route_class=LeanRoute, prefix="/v1", tags=["inference"])
 
 
 class ImageRequest(BaseModel):

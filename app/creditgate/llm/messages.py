@@ -18,13 +18,13 @@ from creditgate.auth.deps import PrincipalDep, RuntimeDep
 from creditgate.catalog.service import ModelConfig
 from creditgate.errors import InvalidRequest, ProviderUnavailable
 from creditgate.errors_http import ERROR_RESPONSES
-from creditgate.http_guard import GuardedRoute
 from creditgate.llm import relay
 from creditgate.llm.bounds import prompt_bound
+from creditgate.llm.lean import LeanRoute
 from creditgate.providers.anthropic import Message
 from creditgate.providers.base import ChatCall, Turn
 
-router = APIRouter(route_class=GuardedRoute, prefix="/v1", tags=["inference"])
+router = APIRouter(route_class=LeanRoute, prefix="/v1", tags=["inference"])
 IMAGE_TOKENS = ModelConfig.model_fields["image_input_tokens"].default
 PAGE_TOKENS = ModelConfig.model_fields["document_page_tokens"].default
 SSE = {"text/event-stream": {"schema": {"type": "string", "description": "Anthropic message stream events"}}}

@@ -7,11 +7,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from creditgate.auth.deps import PrincipalDep, RuntimeDep
 from creditgate.errors_http import ERROR_RESPONSES
-from creditgate.http_guard import GuardedRoute
 from creditgate.llm import relay
+from creditgate.llm.lean import LeanRoute
 from creditgate.llm.schemas import ChatCompletion, ChatCompletionRequest
 
-router = APIRouter(route_class=GuardedRoute, prefix="/v1", tags=["inference"])
+router = APIRouter(route_class=LeanRoute, prefix="/v1", tags=["inference"])
 
 SSE = {"text/event-stream": {"schema": {"type": "string", "description": "OpenAI chat.completion.chunk events"}}}
 
