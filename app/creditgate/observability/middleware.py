@@ -26,6 +26,8 @@ class ObservabilityMiddleware:
     def __init__(self, app: ASGIApp, *, metrics_enabled: bool = True) -> None:
         self.app = app
         self.metrics_enabled = metrics_enabled
+        # The metric children of each label set seen, pre-bound: a handful of routes × statuses × models.
+        self._bound: dict[tuple[str, str, int, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,8 +74,14 @@ class ObservabilityMiddleware:
         route = scope.get("root_path", "") + template if template else "unmatched"
         method: str = scope["method"]
         if self.metrics_enabled:
-            metrics.REQUESTS.labels(route, method, str(status), info.model, info.provider).inc()
-            metrics.REQUEST_SECONDS.labels(route).observe(elapsed)
+            key = (route, method, status, info.model, info.provider)
+            if (bound := self._bound.get(key)) is None:  # labels() validates and locks: once per label set
+                bound = self._bound[key] = (
+                    metrics.REQUESTS.labels(route, method, str(status), info.model, info.provider),
+                    metrics.REQUEST_SECONDS.labels(route),
+                )
+            bound[0].inc()
+            bound[1].observe(elapsed)
             if refusal is not None:
                 metrics.REFUSALS.labels(str(status), _reason(refusal)).inc()
         if log.isEnabledFor(logging.INFO):

@@ -219,6 +219,7 @@ class ProviderPool:
         # ``http``'s own transport, given again: requests built by ``http`` go straight to it, without the client's
         # per-request work this pool never uses (auth flows, redirects, cookies, event hooks): ~4 % of a request.
         self.transport = transport
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
         self.catalog = catalog
         self.breakers = AsyncCircuitBreakerFactory(default_threshold=threshold, default_ttl=cooldown)
         # Token counts are free to the caller and cost the operator's vendor rate limit: a few per caller.
@@ -247,10 +248,17 @@ class ProviderPool:
             return list(own), True
         return [(p, m, p.resolve_key()) for p, m in routes], False
 
+    def _url(self, provider: ProviderConfig, path: str) -> httpx.URL:
+        """A provider's endpoint, parsed once (httpx parses and quotes a URL string on every request)."""
+        key = (provider.base_url, path)
+        if (url := self._urls.get(key)) is None:
+            url = self._urls[key] = httpx.URL(provider.base_url.rstrip("/") + path)
+        return url
+
     def _encode(self, provider: ProviderConfig, path: str, payload: Any, headers: dict[str, str]) -> httpx.Request:
         """The request as bytes; a body JSON cannot encode is the client's (400), found before any circuit."""
         try:
-            return self.http.build_request("POST", provider.base_url.rstrip("/") + path, json=payload, headers=headers)
+            return self.http.build_request("POST", self._url(provider, path), json=payload, headers=headers)
         except UnicodeEncodeError as exc:
             raise InvalidRequest(
                 "the request holds text that cannot be encoded (a lone UTF-16 surrogate such as \\ud800)"
@@ -366,7 +374,8 @@ class ProviderPool:
         async def send(provider: ProviderConfig, request: httpx.Request) -> T:
             adapter = ADAPTERS[provider.kind]
             response = await self._send(request, timeout=timeout, stream=False)
-            _classify(response, response.text)
+            if response.status_code != 200:
+                _classify(response, response.text)
             try:
                 return parse(adapter, response.json())
             except ValueError as exc:
