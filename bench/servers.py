@@ -31,7 +31,7 @@ def start(server: str, *, env: dict[str, str], log_path: Path, timeout: float = 
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", *server_command(server, host="127.0.0.1", port=port, workers=1)]
     log = log_path.open("wb")
-    live = LiveServer(url=url, log_path=log_path, env=env)
+    live = LiveServer(url=url, log_path=log_path, env=env, args=command, ready_path="/health")
     live.process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
