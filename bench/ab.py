@@ -1,0 +1,98 @@
+"""Builds of the gateway side by side: CPU µs per request, RPS and p50, the code before a change against after.
+
+    python -m bench.ab --ref main~3 [--ref v0.4] [--concurrency 32] [--rounds 5] [--seconds 3]
+
+Each ``--ref``'s ``app/`` is exported with ``git archive`` into a temporary directory and served by uvicorn (one
+worker) with that directory first on ``PYTHONPATH``; the working tree is served too, as ``worktree``. All of them
+share one Postgres database (migrated by the working tree: a ref whose migrations differ is refused, since it would
+refuse the schema), one fake upstream and the same 32 API keys, and wrk's rounds alternate between them, so the
+noise of a shared machine falls on every build alike. Medians over the rounds are printed, with each round's CPU
+time per request (the server processes' user + system time over the requests wrk counted: bench/servers.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+
+from bench.common import fake_upstream, postgres_database
+from bench.overhead import WRK, Cell, _keys, measure_wrk
+from bench.servers import start
+from creditgate.testing.catalog import catalog_for_tests
+from creditgate.testing.gateway import migrate
+from creditgate_harness.servers import LiveServer
+from creditgate_harness.services.base import run_sync
+
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS = "app/creditgate/db/migrations/versions"
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
+def export(ref: str, into: Path) -> Path:
+    """``ref``'s ``app/`` under ``into``; ``SystemExit`` if its migrations are not the working tree's."""
+    theirs = set(_git("ls-tree", "--name-only", f"{ref}:{MIGRATIONS}").split())
+    ours = {p.name for p in (ROOT / MIGRATIONS).iterdir() if p.suffix == ".py"}
+    if theirs != ours:
+        raise SystemExit(f"bench.ab: --ref {ref}: its migrations differ from the working tree's ({theirs ^ ours})")
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", ref, "app"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "app"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ref", action="append", required=True, help="a git ref to serve beside the working tree")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3)
+    args = parser.parse_args()
+    if WRK is None:
+        raise SystemExit("bench.ab: wrk not found — apt-get install wrk")
+    root = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    paths: dict[str, Path | None] = {ref: export(ref, (root / f"ref{i}")) for i, ref in enumerate(args.ref)}
+    paths["worktree"] = None
+    with fake_upstream() as fake_url, postgres_database("cg_ab") as (url, _):
+        migrate(url)
+        keys = run_sync(_keys(url, shared_org=False))
+        (root / "catalog.json").write_text(catalog_for_tests(f"{fake_url}/v1").model_dump_json())
+        env = {"CREDITGATE_DATABASE_URL": url, "CREDITGATE_CATALOG": str(root / "catalog.json")}
+        servers: dict[str, LiveServer] = {}
+        try:
+            for name, path in paths.items():
+                extra = {"PYTHONPATH": str(path)} if path is not None else {}
+                servers[name] = start("uvicorn", env=env | extra, log_path=root / f"{name.replace('/', '_')}.log")
+            headers = [{"Authorization": f"Bearer {key}"} for key in keys]
+            cells: dict[str, list[Cell]] = {name: [] for name in servers}
+            for _ in range(args.rounds):
+                for name, server in servers.items():
+                    assert server.process is not None
+                    cells[name].append(
+                        measure_wrk(
+                            f"{server.url}/v1/chat/completions",
+                            headers,
+                            concurrency=args.concurrency,
+                            seconds=args.seconds,
+                            pid=server.process.pid,
+                        )
+                    )
+        finally:
+            for server in servers.values():
+                server.stop()
+    print(f"c={args.concurrency}, {args.rounds} rounds of {args.seconds:g} s, medians; one uvicorn worker each")
+    print(f"{'build':>24} {'rps':>7} {'p50':>9} {'CPU/req':>9}  each round's CPU/req")
+    for name, runs in cells.items():
+        rps, p50 = statistics.median(c[0] for c in runs), statistics.median(c[1] for c in runs)
+        cpu = statistics.median(c[3] for c in runs)
+        each = ", ".join(f"{c[3]:.0f}" for c in runs)
+        print(f"{name:>24} {rps:>7.0f} {p50:>7.2f}ms {cpu:>7.0f}µs  {each}")
+
+
+if __name__ == "__main__":
+    main()
