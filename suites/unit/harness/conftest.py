@@ -14,4 +14,5 @@ NOT_A_STRANGERS = "-p no:schemathesis -p no:hypothesispytest -p no:locust"
 @pytest.fixture(autouse=True)
 def _strangers_plugins(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     if "pytester" in request.fixturenames:
+        request.getfixturevalue("pytester")  # first: pytester unsets PYTEST_ADDOPTS when it starts
         monkeypatch.setenv("PYTEST_ADDOPTS", NOT_A_STRANGERS)
