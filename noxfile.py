@@ -57,7 +57,7 @@ def typecheck(session: nox.Session) -> None:
     re-checks only what changed: ~2 s against ~40 s cold on this 2-core machine. mypy validates every cached module
     against its source's hash, so a stale cache costs time, never a missed error.
     """
-    install(session, "test", "lint")
+    install(session, "test", "lint", "bench")  # bench: granian, which `creditgate serve --server granian` imports
     cache = os.environ.get("MYPY_CACHE_DIR") or str(Path.home() / ".cache" / "creditgate" / "mypy")
     session.run("mypy", "--cache-dir", cache)
 

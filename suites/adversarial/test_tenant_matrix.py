@@ -27,7 +27,7 @@ checks what the operator's rules say, not what the code does:
 
 Speed (~290 cases): the world is a SQLite file copied per case; one app object serves every case, its lifespan
 (engine, caches, quotas, clients: all a request touches) started afresh by each case's ``async_client``; the
-Alembic head and the default TLS context are computed once (``_cheaper_gateway_starts``).
+default TLS context is computed once (``_cheaper_gateway_starts``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from httpx._config import create_ssl_context
 from starlette.routing import Mount
 
 from creditgate.db.engine import create_engine, create_sessionmaker
-from creditgate.db.migrate import head_revision
 from creditgate.main import create_app
 from creditgate.runtime import Runtime
 from creditgate.settings import Settings
@@ -235,15 +234,11 @@ def _default_tls() -> ssl.SSLContext:
     return _CREATE_TLS()
 
 
-_HEAD_REVISION = functools.cache(head_revision)
-
-
 @pytest.fixture(autouse=True)
 def _cheaper_gateway_starts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each case starts the gateway; two start-up costs are paid once here instead of ~300 times: reading the
-    Alembic scripts for the head revision (it cannot change within a session), and each HTTP client loading the
-    CA bundle (the clients share one default TLS context; any other verify/cert setting gets its own)."""
-    monkeypatch.setattr("creditgate.main.head_revision", _HEAD_REVISION)
+    """Each case starts the gateway; one start-up cost is paid once here instead of ~300 times: each HTTP client
+    loading the CA bundle (the clients share one default TLS context; any other verify/cert setting gets its own).
+    The head revision is read once a process by the gateway itself (creditgate.db.migrate.head_revision)."""
 
     def shared(verify: Any = True, cert: Any = None, trust_env: bool = True) -> ssl.SSLContext:
         if verify is True and cert is None and trust_env:
