@@ -55,7 +55,7 @@ def fixture_lines(out: str) -> dict[str, str]:
 
 def test_a_foreign_project_sees_only_generic_fixtures_each_documented(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\n")
-    result = pytester.runpytest_subprocess("--fixtures", "-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess("--fixtures", "-p", "no:cacheprovider")
     ours = {name: doc for name, doc in fixture_lines(result.stdout.str()).items() if name in GENERIC}
     assert set(ours) == set(GENERIC)
     assert all(doc and not doc.startswith("no docstring") for doc in ours.values()), ours
@@ -64,7 +64,7 @@ def test_a_foreign_project_sees_only_generic_fixtures_each_documented(pytester: 
 
 def test_the_creditgate_layer_is_opt_in(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ncreditgate_fixtures = true\n")
-    out = pytester.runpytest_subprocess("--fixtures", "-p", "no:cacheprovider").stdout.str()
+    out = pytester.runpytest_inprocess("--fixtures", "-p", "no:cacheprovider").stdout.str()
     names = fixture_lines(out)
     for name in ("cg_app", "cg_settings", "cg_funded_user", "cg_user_factory", "cg_ledger_auditor", "cg_flow"):
         assert name in names, f"{name} missing with creditgate_fixtures = true"
@@ -73,7 +73,7 @@ def test_the_creditgate_layer_is_opt_in(pytester: pytest.Pytester) -> None:
 def test_async_client_without_an_app_names_the_ini_key(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nasyncio_mode = auto\n")
     pytester.makepyfile("async def test_x(async_client):\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(['*no ASGI app to test: name your app: asgi_app = "yourpkg.main:app"*'])
 
@@ -92,14 +92,14 @@ def test_async_client_and_live_server_run_the_app_the_ini_names(pytester: pytest
             assert httpx.get(live_server.url + "/").json() == {"hello": "world"}
         """
     )
-    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
 
 
 def test_a_missing_app_attribute_is_a_clear_error(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nasyncio_mode = auto\npythonpath = .\nasgi_app = hello_app:nope\n")
     pytester.makepyfile(hello_app=APP)
     pytester.makepyfile("async def test_x(async_client):\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*asgi_app = 'hello_app:nope' cannot be loaded*"])
 
@@ -135,13 +135,13 @@ def test_database_url_builds_the_projects_own_schema(pytester: pytest.Pytester) 
             await engine.dispose()
         """
     )
-    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
 
 
 def test_database_url_without_a_schema_names_the_ini_keys(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\n")
     pytester.makepyfile("def test_x(database_url):\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*database_url needs your schema: set harness_metadata = *"])
 
@@ -171,7 +171,7 @@ def test_the_gateway_layer_works_in_a_project_that_opts_in(pytester: pytest.Pyte
             assert cg_ledger_auditor().ok
         """
     )
-    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
 
 
 def test_auditor_failure_fails_the_test(pytester: pytest.Pytester) -> None:
@@ -185,7 +185,7 @@ def test_auditor_failure_fails_the_test(pytester: pytest.Pytester) -> None:
                 await s.execute(sa.text("UPDATE accounts SET balance = balance + 7"))
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*balance-vs-ledger*account 1: balance 1000.07 != ledger sum 1000.00*"])
 
@@ -193,7 +193,7 @@ def test_auditor_failure_fails_the_test(pytester: pytest.Pytester) -> None:
 def test_bad_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nharness_db = oracle\n")
     pytester.makepyfile("def test_x(): pass")
-    result = pytester.runpytest_subprocess()
+    result = pytester.runpytest_inprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*harness_db = 'oracle'*sqlite, postgres*"])
 
@@ -222,7 +222,7 @@ def test_flow_report_lists_steps_results_and_balances(pytester: pytest.Pytester,
         """
     )
     args = ["-p", "no:cacheprovider", "--flow-report=out/report.md", *(["-n", "2"] if xdist else [])]
-    result = pytester.runpytest_subprocess(*args)
+    result = pytester.runpytest_inprocess(*args)
     result.assert_outcomes(passed=2, failed=1)
     report = (pytester.path / "out" / "report.md").read_text()
     assert report.startswith("# End-to-end flows: 1 of 2 passed")
@@ -244,7 +244,7 @@ def test_a_ci_run_that_skipped_everything_fails(
     pytester.makepyfile(
         "import pytest\n\ndef test_a():\n    pytest.skip('no server')\n\ndef test_b():\n    pytest.skip('no server')\n"
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(skipped=2)
     if ci:
         assert result.ret == pytest.ExitCode.TESTS_FAILED

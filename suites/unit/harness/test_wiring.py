@@ -110,7 +110,7 @@ def test_the_app_is_wired_in_process_and_on_a_port_and_its_redis_keys_are_remove
 ) -> None:
     pytester.makeini(INI)
     pytester.makepyfile(notes_app=APP, test_wired=TESTS)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error::pytest.PytestWarning")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-W", "error::pytest.PytestWarning")
     result.assert_outcomes(passed=2)
     prefixes = (pytester.path / "prefixes.txt").read_text().split()
     assert len(prefixes) == 2
