@@ -12,8 +12,8 @@ from contextlib import contextmanager
 import httpx
 
 from creditgate_harness.services import start_postgres
-from creditgate_harness.services.base import free_port
-from creditgate_harness.services.postgres import create_database, database_url, drop_database
+from creditgate_harness.services.base import free_port, run_sync
+from creditgate_harness.services.postgres import _admin, create_database, database_url, drop_database
 
 
 @contextmanager
@@ -37,10 +37,14 @@ def fake_upstream() -> Iterator[str]:
 @contextmanager
 def postgres_database(prefix: str) -> Iterator[tuple[str, str]]:
     """A new database on the harness's Postgres (``ServiceUnavailable`` if none), dropped afterwards;
-    yields ``(asyncpg URL, a description of the server)``."""
+    yields ``(asyncpg URL, a description of the server)``.
+
+    Its commits are durable (``synchronous_commit = on``, Postgres's default and a deployment's), unlike the
+    harness's test databases: a benchmark of money steps that skipped the fsync would flatter every figure."""
     postgres = start_postgres()
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     create_database(postgres.url, name)
+    run_sync(_admin(postgres.url, f'ALTER DATABASE "{name}" SET synchronous_commit = on'))
     try:
         yield database_url(postgres.url, name), str(postgres)
     finally:
