@@ -29,6 +29,7 @@ from creditgate.integrations.routes import router as integrations_router
 from creditgate.ledger.fast import PostgresLedger
 from creditgate.ledger.sweeper import run_forever, sweep_once
 from creditgate.llm.images import router as images_router
+from creditgate.llm.lean import LeanApp
 from creditgate.llm.messages import router as messages_router
 from creditgate.llm.models import router as models_router
 from creditgate.llm.routes import router as llm_router
@@ -184,7 +185,7 @@ def create_app(
         finally:
             await engine.dispose()
 
-    app = FastAPI(
+    app = LeanApp(
         title="creditgate",
         version=app_pkg.__version__,
         description="An LLM gateway with prepaid fractional credits. Credits are decimal strings.",
@@ -215,6 +216,8 @@ def create_app(
         notifications_router,
     ):
         app.include_router(router)
+    if not settings.otel_enabled:  # OpenTelemetry's spans need FastAPI's own handling of every request
+        app.serve_lean((llm_router, messages_router, images_router), metrics_enabled=settings.metrics_enabled)
     return app
 
 

@@ -15,22 +15,35 @@ order and with the same errors, as straight-line code:
 
 With FastAPI's native OpenTelemetry on (``CREDITGATE_OTEL_ENABLED``) the generic handler runs instead, so spans
 keep their dependency and body data. ``suites/unit/llm/test_lean.py`` holds the two handlers to the same answers.
+
+``LeanApp`` also serves these routes below Starlette's middleware stack. A request passes through about ten layers
+there, each a call and most a wrapper of ``send``: the server-error and exception middlewares, FastAPI's
+telemetry, exit-stack and body-limit layers, the router's linear match, the route's own exception wrapper. For a
+POST to one of the four paths, ``LeanApp`` calls the route's handler directly, inside the same
+``ObservabilityMiddleware``, and turns an exception into a response with the app's own exception handlers, looked
+up as Starlette's two exception middlewares look them up. Every other request, and every request while OpenTelemetry
+is on, takes the whole stack.
 """
 
 from __future__ import annotations
 
 import email.message
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 from fastapi.telemetry import get_telemetry_data
+from starlette._utils import is_async_callable
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.types import Message, Receive, Scope, Send
 
 from creditgate.auth.deps import principal_of
 from creditgate.http_guard import GuardedRoute, guarded_body
+from creditgate.observability.middleware import ObservabilityMiddleware
 
 _PARAMETERS = ("body", "principal", "rt")
 _MISSING = object()
@@ -63,10 +76,15 @@ def decode(request: Request, raw: bytes) -> Any:
         raise HTTPException(status_code=400, detail="There was an error parsing the body") from exc
 
 
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
 class LeanRoute(GuardedRoute):
     """An inference route: documented by FastAPI, served by a straight-line handler (module docstring)."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    lean: Handler  # the handler itself, for LeanApp (``self.app`` wraps it in FastAPI's request/response layer)
+
+    def get_route_handler(self) -> Handler:
         generic = super().get_route_handler()
         field = self.body_field
         parameters = tuple(self.dependant.call.__code__.co_varnames[:3]) if self.dependant.call else ()
@@ -89,4 +107,78 @@ class LeanRoute(GuardedRoute):
             response: Response = await endpoint(body=body, principal=principal, rt=request.app.state.runtime)
             return response
 
+        self.lean = lean
         return lean
+
+
+class LeanApp(FastAPI):
+    """FastAPI, with the ``LeanRoute`` routes served below its middleware stack (module docstring).
+
+    ``serve_lean(metrics_enabled=…)`` turns it on once every router is included (not with OpenTelemetry on); until
+    then, and for every other request, this is FastAPI."""
+
+    _lean: dict[str, LeanRoute] | None = None
+    _observed: ObservabilityMiddleware | None = None
+
+    def serve_lean(self, routers: Iterable[APIRouter], *, metrics_enabled: bool) -> None:
+        """Serve the ``LeanRoute`` POSTs of ``routers`` (included with no prefix of their own) this way."""
+        routes = (r for router in routers for r in router.routes)
+        self._lean = {r.path: r for r in routes if isinstance(r, LeanRoute) and r.methods == {"POST"}}
+        self._observed = ObservabilityMiddleware(self._serve, metrics_enabled=metrics_enabled)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self._lean is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and (route := self._lean.get(scope["path"])) is not None
+            and not self.root_path
+        ):
+            assert self._observed is not None
+            scope["app"], scope["route"] = self, route
+            await self._observed(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        try:
+            response = await scope["route"].lean(request)
+        except Exception as exc:
+            await self._handled(request, exc, send)
+            return
+        if not isinstance(response, StreamingResponse):
+            await response(scope, receive, send)
+            return
+        started = False  # a stream's error before its first byte is answered as any other; after it, it ends the stream
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await response(scope, receive, sending)
+        except Exception as exc:
+            if started:
+                raise
+            await self._handled(request, exc, send)
+
+    async def _handled(self, request: Request, exc: Exception, send: Send) -> None:
+        """Answer ``exc`` as Starlette's exception middleware would (an HTTP status's handler first, then the
+        closest class in the exception's MRO); with none but the handler for ``Exception``, as its server-error
+        middleware does: that answer, and the exception raised again for the server to log."""
+        handlers = self.exception_handlers
+        handler = handlers.get(exc.status_code) if isinstance(exc, HTTPException) else None
+        if handler is None:
+            handler = next((handlers[c] for c in type(exc).__mro__ if c in handlers and c is not Exception), None)
+        last_resort = handler is None
+        if last_resort and (handler := handlers.get(500) or handlers.get(Exception)) is None:
+            raise exc
+        if is_async_callable(handler):
+            response = await handler(request, exc)
+        else:
+            response = await run_in_threadpool(handler, request, exc)
+        await response(request.scope, request.receive, send)
+        if last_resort:
+            raise exc
