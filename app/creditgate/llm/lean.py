@@ -173,7 +173,9 @@ class LeanApp(FastAPI):
         if handler is None:
             handler = next((handlers[c] for c in type(exc).__mro__ if c in handlers and c is not Exception), None)
         last_resort = handler is None
-        if last_resort and (handler := handlers.get(500) or handlers.get(Exception)) is None:
+        if handler is None:
+            handler = handlers.get(500) or handlers.get(Exception)
+        if handler is None:
             raise exc
         if is_async_callable(handler):
             response = await handler(request, exc)
