@@ -40,7 +40,7 @@ from creditgate.observability import routes as metrics_routes
 from creditgate.observability.middleware import ObservabilityMiddleware
 from creditgate.orgs.routes import router as orgs_router
 from creditgate.providers.pool import ProviderPool
-from creditgate.providers.transport import providers_transport
+from creditgate.providers.transport import providers_transport, whole_post
 from creditgate.quotas.service import MemoryCounter, Quotas, RedisCounter, load_plans
 from creditgate.runtime import Runtime
 from creditgate.settings import Settings
@@ -121,6 +121,7 @@ def create_app(
                 threshold=settings.breaker_threshold,
                 cooldown=settings.breaker_cooldown_seconds,
                 transport=upstream_transport,
+                post=whole_post(upstream_transport),
             )
             if settings.metrics_enabled:
                 upstream.watch_breakers(providers.breakers, catalog)

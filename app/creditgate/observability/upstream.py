@@ -4,20 +4,28 @@ state changes (purgatory listeners) — nothing inside ``providers/`` knows abou
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
 from creditgate.catalog.service import Catalog
 from creditgate.observability import context, metrics
+from creditgate.providers.transport import Answer, Post, whole_post
 
 
 class TimedTransport(httpx.AsyncBaseTransport):
-    """Wraps the upstream transport: time to response headers and status per provider, and the provider
-    (the last one tried) noted on the request in flight."""
+    """Wraps the upstream transport: time to response headers (a whole answer: to its last byte) and status per
+    provider, and the provider (the last one tried) noted on the request in flight. ``post``: the inner
+    transport's seam for whole answers, timed the same way, when it has one."""
+
+    post: Post
 
     def __init__(self, inner: httpx.AsyncBaseTransport, catalog: Catalog) -> None:
         self.inner = inner
+        self._post = whole_post(inner)
+        if self._post is not None:
+            self.post = self._timed_post
         # Longest prefix first, so a provider at /v1/x wins over one at /v1.
         self._prefixes = sorted(
             ((p.base_url.rstrip("/"), p.name) for p in catalog.providers), key=lambda item: -len(item[0])
@@ -29,11 +37,15 @@ class TimedTransport(httpx.AsyncBaseTransport):
                 return name
         return "other"
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        provider = self.provider_of(str(request.url))
+    def _begin(self, url: str) -> str:
+        provider = self.provider_of(url)
         info = context.current()
         if info is not None:
             info.provider = provider
+        return provider
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        provider = self._begin(str(request.url))
         started = time.perf_counter()
         try:
             response = await self.inner.handle_async_request(request)
@@ -43,6 +55,19 @@ class TimedTransport(httpx.AsyncBaseTransport):
         metrics.UPSTREAM_SECONDS.labels(provider).observe(time.perf_counter() - started)
         metrics.UPSTREAM_REQUESTS.labels(provider, str(response.status_code)).inc()
         return response
+
+    async def _timed_post(self, url: str, headers: Mapping[str, str], content: bytes) -> Answer:
+        assert self._post is not None
+        provider = self._begin(url)
+        started = time.perf_counter()
+        try:
+            answer = await self._post(url, headers, content)
+        except BaseException:
+            metrics.UPSTREAM_REQUESTS.labels(provider, "error").inc()
+            raise
+        metrics.UPSTREAM_SECONDS.labels(provider).observe(time.perf_counter() - started)
+        metrics.UPSTREAM_REQUESTS.labels(provider, str(answer.status)).inc()
+        return answer
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -27,6 +27,7 @@ key's 401/403/429) and nothing a caller can cause:
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from creditgate.catalog.service import Catalog, ModelConfig, ProviderConfig
 from creditgate.errors import GatewayError, InvalidRequest, ProviderUnavailable
 from creditgate.providers import ADAPTERS
 from creditgate.providers.base import Adapter, ChatCall, Completion, Delta, Kind, Malformed
+from creditgate.providers.transport import Answer, Post
 
 if TYPE_CHECKING:
     from purgatory.service._async.circuitbreaker import AsyncCircuitBreaker
@@ -126,20 +128,14 @@ class _Failed(Exception):
         self.retry_after = retry_after
 
 
-def _classify(response: httpx.Response, body_text: str) -> None:
+def _classify(status: int, headers: Mapping[str, str], body_text: str) -> None:
     """Raise for a non-200 answer: the client's fault (no failover) or the provider's (failover)."""
-    if response.status_code in CLIENT_FAULT_STATUSES:
+    if status in CLIENT_FAULT_STATUSES:
         raise UpstreamRejected(
-            f"the provider rejected the request ({response.status_code})",
-            upstream_status=response.status_code,
-            upstream_body=body_text[:2000],
+            f"the provider rejected the request ({status})", upstream_status=status, upstream_body=body_text[:2000]
         )
-    if response.status_code != 200:
-        raise _Failed(
-            f"HTTP {response.status_code}",
-            status=response.status_code,
-            retry_after=response.headers.get("retry-after"),
-        )
+    if status != 200:
+        raise _Failed(f"HTTP {status}", status=status, retry_after=headers.get("retry-after"))
 
 
 def _byok_refusal(provider: ProviderConfig, api_key: str, failure: _Failed) -> GatewayError | None:
@@ -195,10 +191,21 @@ class CallerLimiter:
 
 # (adapter, upstream model) → (path, body), or None when this protocol cannot serve the request.
 Build = Callable[[Adapter, str], "tuple[str, dict[str, Any]] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A request to a provider, encoded: what either seam of ``providers.transport`` sends."""
+
+    url: str
+    headers: dict[str, str]
+    content: bytes
+
+
 # (provider, upstream model, key) → the encoded request, or None when the provider's protocol cannot serve it.
-Prepare = Callable[[ProviderConfig, str, str], "httpx.Request | None"]
+Prepare = Callable[[ProviderConfig, str, str], "Outgoing | None"]
 # (provider, encoded request) → the parsed answer; raises ``_Failed`` for the provider's faults only.
-Send = Callable[[ProviderConfig, httpx.Request], Awaitable[T]]
+Send = Callable[[ProviderConfig, Outgoing], Awaitable[T]]
 
 
 class ProviderPool:
@@ -214,12 +221,15 @@ class ProviderPool:
         count_burst: int = 10,
         counts_per_minute: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        post: Post | None = None,
     ) -> None:
         self._http = http
         # ``http``'s own transport, given again: requests built by ``http`` go straight to it, without the client's
         # per-request work this pool never uses (auth flows, redirects, cookies, event hooks): ~4 % of a request.
         self.transport = transport
-        self._urls: dict[tuple[str, str], httpx.URL] = {}
+        # The same transport's seam for whole answers (providers/transport.py), when it has one.
+        self.post = post
+        self._urls: dict[tuple[str, str], str] = {}
         self.catalog = catalog
         self.breakers = AsyncCircuitBreakerFactory(default_threshold=threshold, default_ttl=cooldown)
         # Token counts are free to the caller and cost the operator's vendor rate limit: a few per caller.
@@ -232,7 +242,7 @@ class ProviderPool:
 
     @http.setter
     def http(self, client: httpx.AsyncClient) -> None:
-        self._http, self.transport = client, None
+        self._http, self.transport, self.post = client, None, None
 
     async def state(self, provider: str) -> str:
         """closed | opened | half-opened."""
@@ -248,23 +258,25 @@ class ProviderPool:
             return list(own), True
         return [(p, m, p.resolve_key()) for p, m in routes], False
 
-    def _url(self, provider: ProviderConfig, path: str) -> httpx.URL:
-        """A provider's endpoint, parsed once (httpx parses and quotes a URL string on every request)."""
+    def _url(self, provider: ProviderConfig, path: str) -> str:
+        """A provider's endpoint, joined once."""
         key = (provider.base_url, path)
         if (url := self._urls.get(key)) is None:
-            url = self._urls[key] = httpx.URL(provider.base_url.rstrip("/") + path)
+            url = self._urls[key] = provider.base_url.rstrip("/") + path
         return url
 
-    def _encode(self, provider: ProviderConfig, path: str, payload: Any, headers: dict[str, str]) -> httpx.Request:
-        """The request as bytes; a body JSON cannot encode is the client's (400), found before any circuit."""
+    def _encode(self, provider: ProviderConfig, path: str, payload: Any, headers: dict[str, str]) -> Outgoing:
+        """The request as bytes (JSON as httpx encodes it); a body JSON cannot encode is the client's (400), found
+        before any circuit."""
         try:
-            return self.http.build_request("POST", self._url(provider, path), json=payload, headers=headers)
+            content = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
         except UnicodeEncodeError as exc:
             raise InvalidRequest(
                 "the request holds text that cannot be encoded (a lone UTF-16 surrogate such as \\ud800)"
             ) from exc
         except ValueError as exc:  # json's allow_nan=False: NaN or Infinity
             raise InvalidRequest("the request holds a number JSON cannot carry (NaN or Infinity)") from exc
+        return Outgoing(self._url(provider, path), headers | {"Content-Type": "application/json"}, content)
 
     async def _guarded(self, provider: str, run: Callable[[], Awaitable[T]], *, feed: bool) -> T:
         """``run()`` behind the provider's circuit (``OpenedState`` while it is open). Only ``_Failed`` counts
@@ -330,8 +342,9 @@ class ProviderPool:
             attempts=[{"provider": a.provider, "outcome": a.outcome} for a in attempts],
         )
 
-    async def _send(self, request: httpx.Request, *, timeout: float, stream: bool) -> httpx.Response:
-        """Send an encoded request; a timeout or a connection error is the provider's fault."""
+    async def _send(self, out: Outgoing, *, timeout: float, stream: bool) -> httpx.Response:
+        """Send an encoded request through httpx; a timeout or a connection error is the provider's fault."""
+        request = self.http.build_request("POST", out.url, content=out.content, headers=out.headers)
         try:
             # httpx's timeouts are per operation; this bounds the whole call (slow drip, in-process app).
             async with asyncio.timeout(timeout):
@@ -351,6 +364,19 @@ class ProviderPool:
         except httpx.TransportError as exc:
             raise _Failed(f"connection error: {type(exc).__name__}") from exc
 
+    async def _whole(self, out: Outgoing, *, timeout: float) -> Answer:
+        """A whole answer: through the transport's ``Post`` when it has one, else through httpx."""
+        if self.post is None:
+            response = await self._send(out, timeout=timeout, stream=False)
+            return Answer(response.status_code, response.headers, response.content)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.post(out.url, out.headers, out.content)
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            raise _Failed("timeout") from exc
+        except httpx.TransportError as exc:
+            raise _Failed(f"connection error: {type(exc).__name__}") from exc
+
     async def _post(
         self,
         *,
@@ -363,7 +389,7 @@ class ProviderPool:
     ) -> Served[T]:
         """POST what the provider's adapter builds; the first answer its adapter can parse wins."""
 
-        def prepare(provider: ProviderConfig, upstream_model: str, api_key: str) -> httpx.Request | None:
+        def prepare(provider: ProviderConfig, upstream_model: str, api_key: str) -> Outgoing | None:
             adapter = ADAPTERS[provider.kind]
             built = build(adapter, upstream_model)
             if built is None:
@@ -371,13 +397,13 @@ class ProviderPool:
             path, payload = built
             return self._encode(provider, path, payload, adapter.headers(api_key))
 
-        async def send(provider: ProviderConfig, request: httpx.Request) -> T:
+        async def send(provider: ProviderConfig, out: Outgoing) -> T:
             adapter = ADAPTERS[provider.kind]
-            response = await self._send(request, timeout=timeout, stream=False)
-            if response.status_code != 200:
-                _classify(response, response.text)
+            answer = await self._whole(out, timeout=timeout)
+            if answer.status != 200:
+                _classify(answer.status, answer.headers, answer.content.decode(errors="replace"))
             try:
-                return parse(adapter, response.json())
+                return parse(adapter, json.loads(answer.content))
             except ValueError as exc:
                 raise _Failed("malformed JSON") from exc
             except Malformed as exc:
@@ -439,17 +465,17 @@ class ProviderPool:
     ) -> UpstreamStream:
         """Open a streaming answer on the first provider that answers 200; failover happens before any byte."""
 
-        def prepare(provider: ProviderConfig, upstream_model: str, api_key: str) -> httpx.Request:
+        def prepare(provider: ProviderConfig, upstream_model: str, api_key: str) -> Outgoing:
             adapter = ADAPTERS[provider.kind]
             path, payload = adapter.chat_request(call, model=upstream_model, stream=True)
             return self._encode(provider, path, payload, adapter.headers(api_key))
 
-        async def open_one(provider: ProviderConfig, request: httpx.Request) -> httpx.Response:
-            response = await self._send(request, timeout=timeout, stream=True)
+        async def open_one(provider: ProviderConfig, out: Outgoing) -> httpx.Response:
+            response = await self._send(out, timeout=timeout, stream=True)
             if response.status_code != 200:
                 text = (await response.aread()).decode(errors="replace")
                 await response.aclose()
-                _classify(response, text)
+                _classify(response.status_code, response.headers, text)
             return response
 
         response, provider, attempts, byok = await self._try_each(model, user_keys, prepare, open_one)
