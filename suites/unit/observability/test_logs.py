@@ -8,7 +8,10 @@ import sys
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from creditgate.observability import logs
 from creditgate.observability.logs import REQUEST_LOGGER, JsonFormatter, RedactingFormatter, logging_config, redact
 from creditgate.testing.gateway import TestUser
 
@@ -58,6 +61,18 @@ def test_redact_masks_credential_shapes(secret: str) -> None:
     for text in (f"key {secret} used", f"Authorization: Bearer {secret}", f'{{"api_key": "{secret}"}}'):
         assert secret not in redact(text)
         assert "[redacted]" in redact(text)
+
+
+SHAPES = ["BeArEr ", "API-KEY=", "apikey:", "Secret ", "PASSWORD'", "CG_", "cg_", "Sk_Live_", "rk_test_", "pk_",
+          "WHSEC_", "sk-", "SK-", "=", "-", "_", " ", "\"", "6x0nKXuD-JgcdNs3M2sGMTUY7rRFFD4vsqH6aJq6gEQ",
+          "abcdefghijklmnopqrstuvwxyz0123456789"]  # fmt: skip
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from(SHAPES) | st.text(max_size=4), max_size=6).map("".join))
+def test_redact_answers_as_the_whole_pattern_does(text: str) -> None:
+    """The quick look for what a credential needs (logs._NEEDS) never lets through what _SECRET would mask."""
+    assert redact(text) == logs._SECRET.sub(lambda m: (m.group("keep") or "") + "[redacted]", text)
 
 
 def test_redact_keeps_ordinary_text() -> None:
