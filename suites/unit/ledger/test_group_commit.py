@@ -24,7 +24,7 @@ TTL = 300.0
 
 @pytest.fixture
 async def fast(database_url: str, cg_sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[PostgresLedger]:
-    store = await PostgresLedger.connect(database_url, size=4, batch=True)
+    store = await PostgresLedger.connect(database_url, size=4, batch=True, async_hold=True)  # as the gateway runs
     yield store
     await store.close_pool()
 
@@ -61,9 +61,9 @@ async def test_concurrent_holds_on_one_balance_share_transactions_and_never_over
         fast, 150, account_id=cg_funded_user.account_id, units=1000, membership_id=None, user_id=None
     )
 
-    granted = [h for h in held if h is not None]
+    granted = [(f"r{i}", h) for i, h in enumerate(held) if h is not None]
     assert len(granted) == 100  # 1,000 credits = 100 holds of 10.00; the other 50 refused, nothing changed for them
-    assert sorted(balance for _, balance in granted) == list(range(0, 100_000, 1000))
+    assert sorted(balance for _, (_, balance) in granted) == list(range(0, 100_000, 1000))
     assert fast.holds.batches < fast.holds.requests == 150  # several requests per transaction
     assert fast.holds.fallbacks == 0  # and none of them retried one by one
     async with cg_sessionmaker() as s:
@@ -73,13 +73,14 @@ async def test_concurrent_holds_on_one_balance_share_transactions_and_never_over
         *(
             fast.close(
                 hold_id=hold_id,
+                request_id=request_id,
                 status="settled" if n % 2 else "released",
                 charge=730 if n % 2 else 0,
                 description="test",
                 user_id=cg_funded_user.id,
-                usage=_usage(f"u{n}"),
+                usage=_usage(request_id),
             )
-            for n, (hold_id, _) in enumerate(granted)
+            for n, (request_id, (hold_id, _)) in enumerate(granted)
         )
     )
     assert [c[0] for c in closes if c is not None] == [730 if n % 2 else 0 for n in range(100)]
@@ -182,7 +183,10 @@ async def test_a_cancelled_callers_hold_goes_straight_back(
 async def test_a_hold_closed_twice_at_once_is_charged_once(fast: PostgresLedger, cg_funded_user: TestUser) -> None:
     held = await _hold(fast, cg_funded_user, "twice")
     assert held is not None
-    close = {"hold_id": held[0], "status": "settled", "charge": 60, "description": None, "user_id": None, "usage": None}
+    close = {
+        **{"hold_id": held[0], "request_id": "twice", "status": "settled", "charge": 60},
+        **{"description": None, "user_id": None, "usage": None},
+    }
     answers = await asyncio.gather(*(fast.close(**close) for _ in range(3)))  # type: ignore[arg-type]
     assert sorted(answers, key=lambda a: a is None) == [(60, 100_000 - 60), None, None]
 
@@ -260,8 +264,16 @@ async def test_without_group_commit_each_request_is_its_own_call(
         )
         closed = await asyncio.gather(
             *(
-                store.close(hold_id=h[0], status="released", charge=0, description=None, user_id=None, usage=None)
-                for h in held
+                store.close(
+                    hold_id=h[0],
+                    request_id=f"r{i}",
+                    status="released",
+                    charge=0,
+                    description=None,
+                    user_id=None,
+                    usage=None,
+                )
+                for i, h in enumerate(held)
             )
         )
     finally:
