@@ -13,9 +13,10 @@ from asyncpg import ConnectionDoesNotExistError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from creditgate.db.engine import libpq_url
 from creditgate.db.models import Account, Hold, LedgerEntry, Membership, Org, UsageRecord
 from creditgate.ledger import service as ledger
-from creditgate.ledger.fast import PostgresLedger, Usage
+from creditgate.ledger.fast import HOLD, PostgresLedger, Usage
 from creditgate.testing.gateway import TestUser, UserFactory
 
 pytestmark = [pytest.mark.critical, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
@@ -293,3 +294,57 @@ async def test_a_released_connection_is_not_reset_with_a_second_round_trip(datab
             assert await connection.fetchval("SHOW application_name") == "kept"
     finally:
         await store.close_pool()
+
+
+async def test_a_close_never_touches_another_requests_hold(
+    fast: PostgresLedger, cg_funded_user: TestUser, cg_sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """A close names its hold by id and request: the id of a hold a crash lost may be another request's now."""
+    held, other = await _hold(fast, cg_funded_user, "theirs"), await _hold(fast, cg_funded_user, "y")
+    assert held is not None
+    assert other is not None
+    not_theirs = {"hold_id": held[0], "request_id": "lost", "status": "settled", "charge": 60, "description": None}
+    closes = await asyncio.gather(  # one batch (creditgate_close_batch), then alone (creditgate_close)
+        fast.close(**not_theirs, user_id=cg_funded_user.id, usage=_usage("lost")),  # type: ignore[arg-type]
+        fast.close(
+            hold_id=other[0],
+            request_id="y",
+            **{"status": "released", "charge": 0, "description": None},
+            user_id=None,
+            usage=None,
+        ),  # type: ignore[arg-type]
+    )
+    assert closes[0] is None
+    assert closes[1] is not None
+    assert fast.closes.batches == 1
+    assert await fast.close(**not_theirs, user_id=None, usage=None) is None  # type: ignore[arg-type]
+    async with cg_sessionmaker() as s:
+        hold = (await s.execute(select(Hold.status, Hold.charged).where(Hold.id == held[0]))).one()
+        assert tuple(hold) == ("open", 0)
+        assert await s.scalar(select(func.count()).select_from(UsageRecord)) == 0
+        assert await ledger.balance_of(s, cg_funded_user.account_id) == Decimal(999)
+    theirs = {"request_id": "theirs", "status": "released", "charge": 0, "description": None}
+    assert await fast.close(hold_id=held[0], **theirs, user_id=None, usage=None) is not None  # type: ignore[arg-type]
+
+
+async def test_an_asynchronous_hold_sets_only_its_own_transactions_commit(
+    database_url: str, cg_funded_user: TestUser
+) -> None:
+    """``set_config(…, true)`` in ``creditgate_hold`` lasts to the end of the hold's transaction (its commit) and
+    never into the session: a pooled connection's next settle commits synchronously."""
+    import asyncpg
+
+    conn = await asyncpg.connect(libpq_url(database_url))
+    try:
+        await conn.execute("SET synchronous_commit = on")
+        async with conn.transaction():
+            row = await conn.fetchrow(HOLD, cg_funded_user.account_id, 100, "async", TTL, None, None, True)
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"  # what this transaction commits with
+        assert row["hold_id"] is not None
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        await conn.fetchrow(HOLD, cg_funded_user.account_id, 100, "alone", TTL, None, None, True)  # implicit
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        await conn.fetchrow(HOLD, cg_funded_user.account_id, 100, "sync", TTL, None, None, False)
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+    finally:
+        await conn.close()

@@ -451,3 +451,53 @@ async def test_holds_are_counted_for_prometheus(cg_sessionmaker: SM, cg_funded_u
     before = _counter("creditgate_credits_held_total")
     await _hold(cg_sessionmaker, cg_funded_user.account_id, "2.25", "r1")
     assert _counter("creditgate_credits_held_total") - before == pytest.approx(2.25)
+
+
+@pytest.mark.critical
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+async def test_a_close_names_its_hold_by_id_and_request(
+    cg_sessionmaker: SM, cg_funded_user: TestUser, cg_user_factory: UserFactory
+) -> None:
+    """A hold lost in a crash gives its id to the next hold: the lost request's settle or release, by that id, must
+    never close the other request's hold (another tenant's, here)."""
+    other = await cg_user_factory(credits="10")
+    theirs = await _hold(cg_sessionmaker, other.account_id, "4", "theirs")
+    with pytest.raises(ledger.HoldLost):
+        async with cg_sessionmaker() as s, s.begin():
+            await ledger.settle_hold(s, hold_id=theirs, request_id="lost", charge=Decimal(3), user_id=cg_funded_user.id)
+    async with cg_sessionmaker() as s, s.begin():
+        assert await ledger.release_hold(s, hold_id=theirs, request_id="lost") is False
+    hold = await _hold_row(cg_sessionmaker, theirs)
+    assert (hold.status, hold.charged, hold.account_id) == ("open", 0, other.account_id)
+    async with cg_sessionmaker() as s:
+        assert await ledger.balance_of(s, other.account_id) == Decimal("6.00")
+
+
+@pytest.mark.critical
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+async def test_a_lost_hold_is_settled_from_what_is_left_once(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+    """The upstream answered a request whose hold the database lost: the full price from the balance and the
+    member's allocation (never below zero), booked so the auditor balances, and never twice."""
+    from sqlalchemy.exc import IntegrityError
+
+    account_id, membership_id = await _org_member(cg_sessionmaker, cg_funded_user, org_credits="100", allocation="3")
+    lost = {"account_id": account_id, "membership_id": membership_id, "request_id": "lost", "user_id": None}
+    async with cg_sessionmaker() as s, s.begin():
+        result = await ledger.settle_lost_hold(s, **lost, charge=Decimal(5), description="m via p")
+    assert result == ledger.SettleResult(Decimal("3.00"), Decimal("0.00"), late=True, balance=Decimal("97.00"))
+    assert await _used(cg_sessionmaker, membership_id) == 300  # the allocation's room bounds it, as for a late settle
+    async with cg_sessionmaker() as s:
+        hold_id = await s.scalar(select(Hold.id).where(Hold.request_id == "lost"))
+    assert hold_id is not None
+    hold = await _hold_row(cg_sessionmaker, hold_id)
+    assert (hold.status, hold.amount, hold.charged) == ("settled", 0, 300)
+    assert await _entries(cg_sessionmaker, hold_id) == [
+        ("hold", 0, None, None),
+        ("release", 0, None, None),
+        ("api_usage", -300, None, "m via p (settled after the database lost the hold)"),
+    ]
+    with pytest.raises(IntegrityError):  # a second attempt for the request: refused, not charged again
+        async with cg_sessionmaker() as s, s.begin():
+            await ledger.settle_lost_hold(s, **lost, charge=Decimal(5))
+    async with cg_sessionmaker() as s:
+        assert await ledger.balance_of(s, account_id) == Decimal("97.00")
