@@ -1,11 +1,12 @@
 """Builds of the gateway side by side: CPU µs per request, RPS and p50, the code before a change against after.
 
-    python -m bench.ab --ref main~3 [--ref v0.4] [--concurrency 32] [--rounds 5] [--seconds 3]
+    python -m bench.ab --ref main~3 [--ref v0.4] [--concurrency 32] [--rounds 5] [--seconds 3] [--durable]
 
 Each ``--ref``'s ``app/`` is exported with ``git archive`` into a temporary directory and served by uvicorn (one
 worker) with that directory first on ``PYTHONPATH``; the working tree is served too, as ``worktree``. All of them
 share one Postgres database (migrated by the working tree: a ref whose migrations differ is refused, since it would
-refuse the schema), one fake upstream and the same 32 API keys, and wrk's rounds alternate between them, so the
+refuse the schema; its commits asynchronous as every test database's, or with ``--durable`` waiting for the disk
+as in production), one fake upstream and the same 32 API keys, and wrk's rounds alternate between them, so the
 noise of a shared machine falls on every build alike. Medians over the rounds are printed, with each round's CPU
 time per request (the server processes' user + system time over the requests wrk counted: bench/servers.py).
 """
@@ -52,13 +53,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--durable", action="store_true", help="commits wait for the disk (the server's default)")
     args = parser.parse_args()
     if WRK is None:
         raise SystemExit("bench.ab: wrk not found — apt-get install wrk")
     root = Path(tempfile.mkdtemp(prefix="bench-ab-"))
     paths: dict[str, Path | None] = {ref: export(ref, (root / f"ref{i}")) for i, ref in enumerate(args.ref)}
     paths["worktree"] = None
-    with fake_upstream() as fake_url, postgres_database("cg_ab") as (url, _):
+    with fake_upstream() as fake_url, postgres_database("cg_ab", durable=args.durable) as (url, _):
         migrate(url)
         keys = run_sync(_keys(url, shared_org=False))
         (root / "catalog.json").write_text(catalog_for_tests(f"{fake_url}/v1").model_dump_json())
@@ -85,7 +87,11 @@ def main() -> None:
         finally:
             for server in servers.values():
                 server.stop()
-    print(f"c={args.concurrency}, {args.rounds} rounds of {args.seconds:g} s, medians; one uvicorn worker each")
+    commits = "durable" if args.durable else "asynchronous"
+    print(
+        f"c={args.concurrency}, {args.rounds} rounds of {args.seconds:g} s, medians; one uvicorn worker each; "
+        f"{commits} commits"
+    )
     print(f"{'build':>24} {'rps':>7} {'p50':>9} {'CPU/req':>9}  each round's CPU/req")
     for name, runs in cells.items():
         rps, p50 = statistics.median(c[0] for c in runs), statistics.median(c[1] for c in runs)

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 import httpx
 
 from creditgate_harness.services import start_postgres
-from creditgate_harness.services.base import free_port
-from creditgate_harness.services.postgres import create_database, database_url, drop_database
+from creditgate_harness.services.base import free_port, run_sync
+from creditgate_harness.services.postgres import create_database, database_url, drop_database, plain_url
 
 
 @contextmanager
@@ -34,13 +34,27 @@ def fake_upstream() -> Iterator[str]:
         fake.terminate()
 
 
+async def _execute(url: str, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(plain_url(url))
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
 @contextmanager
-def postgres_database(prefix: str) -> Iterator[tuple[str, str]]:
+def postgres_database(prefix: str, *, durable: bool = False) -> Iterator[tuple[str, str]]:
     """A new database on the harness's Postgres (``ServiceUnavailable`` if none), dropped afterwards;
-    yields ``(asyncpg URL, a description of the server)``."""
+    yields ``(asyncpg URL, a description of the server)``. Its commits are asynchronous, as every test database's,
+    unless ``durable``: then they take the server's ``synchronous_commit`` (on, in production: each waits for the
+    disk)."""
     postgres = start_postgres()
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     create_database(postgres.url, name)
+    if durable:
+        run_sync(_execute(postgres.url, f'ALTER DATABASE "{name}" RESET synchronous_commit'))
     try:
         yield database_url(postgres.url, name), str(postgres)
     finally:
