@@ -11,7 +11,7 @@ always given; the usage record is written when ``p_model`` is given.
 
 Revision ID: 0010
 Revises: 0009
-Create Date: 2026-12-08
+Create Date: 2026-12-05
 """
 
 from __future__ import annotations
