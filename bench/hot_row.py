@@ -37,7 +37,11 @@ async def hammer(url: str, way: str, *, clients: int, seconds: float) -> tuple[i
     sm = create_sessionmaker(engine)
     async with sm() as s, s.begin():
         _, account = await auth.create_user(s, email=f"hot-{uuid.uuid4().hex[:8]}@example.test", credits=START)
-    fast = await PostgresLedger.connect(url, size=POOL, batch=way == "group commit") if way != "orm" else None
+    fast = (
+        await PostgresLedger.connect(url, size=POOL, batch=way == "group commit", async_hold=True)
+        if way != "orm"
+        else None
+    )
 
     async def orm_deduction(tag: str) -> None:
         async with sm() as s, s.begin():
@@ -45,7 +49,7 @@ async def hammer(url: str, way: str, *, clients: int, seconds: float) -> tuple[i
                 s, account_id=account.id, amount=Decimal("1.00"), request_id=tag, ttl=timedelta(minutes=5)
             )
         async with sm() as s, s.begin():
-            await ledger.settle_hold(s, hold_id=hold_id, charge=CHARGE)
+            await ledger.settle_hold(s, hold_id=hold_id, request_id=tag, charge=CHARGE)
 
     async def fast_deduction(tag: str) -> None:
         assert fast is not None
@@ -54,7 +58,7 @@ async def hammer(url: str, way: str, *, clients: int, seconds: float) -> tuple[i
         )
         assert held is not None
         closed = await fast.close(
-            hold_id=held[0], status="settled", charge=37, description=None, user_id=None, usage=None
+            hold_id=held[0], request_id=tag, status="settled", charge=37, description=None, user_id=None, usage=None
         )
         assert closed is not None
 

@@ -113,7 +113,10 @@ def create_app(
             fast_ledger = None
             if settings.fast_ledger and not is_sqlite(settings.database_url):
                 fast_ledger = await PostgresLedger.connect(
-                    settings.database_url, size=settings.db_pool_size, batch=settings.group_commit
+                    settings.database_url,
+                    size=settings.db_pool_size,
+                    batch=settings.group_commit,
+                    async_hold=settings.hold_async_commit,
                 )
             providers = ProviderPool(
                 http,

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
         default=True,
         description="Postgres: the holds (and settles) waiting at one moment share one transaction",
     )
+    hold_async_commit: bool = Field(
+        default=True,
+        description="Postgres (fast ledger): a hold commits without waiting for the disk; the settle's durable commit "
+        "makes it durable, and a crash in between loses the hold, which the settle then charges from the balance",
+    )
     cache_seconds: float = Field(
         default=5.0, ge=0, description="the most a cached key, plan, BYOK key or increment may lag a change (0: off)"
     )

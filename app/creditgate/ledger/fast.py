@@ -7,9 +7,14 @@ arrives while a batch is in flight waits for the next one (no timer; at low load
 added wait is at most one batch's round trip). A caller gets its answer only once its batch has committed.
 
 Same rows, same order of locks (holds, memberships, accounts) as ``ledger.service``; the rare paths (a refusal that
-needs its reasons, a hold the sweeper expired first) are left to ``ledger.service`` by returning ``None``. A batch
-of several that fails for a reason other than a lost connection is retried request by request (``creditgate_hold`` /
-``creditgate_close``, migration 0006), so one bad request fails alone.
+needs its reasons, a hold the sweeper expired first or a crash lost) are left to ``ledger.service`` by returning
+``None``. A batch of several that fails for a reason other than a lost connection is retried request by request
+(``creditgate_hold`` / ``creditgate_close``, migration 0006), so one bad request fails alone.
+
+A close names its hold by id *and* request (migration 0010). With ``async_hold`` a hold commits asynchronously: the
+request goes on to the upstream without waiting for the disk, and the settle's durable commit (same WAL, later)
+makes the hold durable. A Postgres crash in between loses the hold and may give its id to the next hold, which the
+request alone tells apart.
 """
 
 from __future__ import annotations
@@ -27,9 +32,9 @@ from creditgate.money import to_hundredths
 
 log = logging.getLogger(__name__)
 
-HOLD = "SELECT hold_id, balance FROM creditgate_hold($1, $2, $3, $4, $5, $6)"
+HOLD = "SELECT hold_id, balance FROM creditgate_hold($1, $2, $3, $4, $5, $6, $7)"
 CLOSE = "SELECT charged, balance FROM creditgate_close($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-HOLD_BATCH = "SELECT hold_id, balance FROM creditgate_hold_batch($1, $2, $3, $4, $5, $6)"
+HOLD_BATCH = "SELECT hold_id, balance FROM creditgate_hold_batch($1, $2, $3, $4, $5, $6, $7)"
 CLOSE_BATCH = (
     "SELECT charged, balance FROM creditgate_close_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
 )
@@ -76,6 +81,7 @@ class HoldRequest:
 @dataclass(frozen=True, slots=True)
 class CloseRequest:
     hold_id: int
+    request_id: str  # the hold's request: with the id, what names the hold
     status: str
     charge: int
     description: str | None
@@ -86,11 +92,11 @@ class CloseRequest:
         u = self.usage
         return (
             self.hold_id,
+            self.request_id,
             self.status,
             self.charge,
             self.description,
             self.user_id,
-            u and u.request_id,
             u and u.model,
             u and u.provider,
             u and u.prompt_tokens,
@@ -188,20 +194,21 @@ class Batcher(Generic[T, R]):
 class PostgresLedger:
     """An asyncpg pool of its own (the ORM's pool checks out, pings and begins: ~1 ms per step here)."""
 
-    def __init__(self, pool: Any, *, batch: bool) -> None:
+    def __init__(self, pool: Any, *, batch: bool, async_hold: bool = False) -> None:
         self._pool = pool
         self._batch = batch  # False: each request its own call, straight to the pool (no queue)
+        self._async_hold = async_hold  # the holds' commits do not wait for the disk
         self.holds: Batcher[HoldRequest, tuple[int, int] | None] = Batcher(self._hold_batch, self._hold_one)
         self.closes: Batcher[CloseRequest, tuple[int, int] | None] = Batcher(
             self._close_batch, self._close_one, distinct=lambda c: c.hold_id
         )
 
     @classmethod
-    async def connect(cls, url: str, *, size: int, batch: bool) -> PostgresLedger:
+    async def connect(cls, url: str, *, size: int, batch: bool, async_hold: bool = False) -> PostgresLedger:
         import asyncpg
 
         pool = await asyncpg.create_pool(libpq_url(url), min_size=1, max_size=size, reset=_keep_session)
-        return cls(pool, batch=batch)
+        return cls(pool, batch=batch, async_hold=async_hold)
 
     async def close_pool(self) -> None:
         """Answer what is queued, then close the connections."""
@@ -227,34 +234,37 @@ class PostgresLedger:
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:  # the caller is gone: a hold placed for it goes straight back
-            future.add_done_callback(lambda done: self._release_orphan(done, user_id))
+            future.add_done_callback(lambda done: self._release_orphan(done, request))
             raise
 
-    def _release_orphan(self, done: asyncio.Future[tuple[int, int] | None], user_id: int | None) -> None:
+    def _release_orphan(self, done: asyncio.Future[tuple[int, int] | None], request: HoldRequest) -> None:
         if done.cancelled() or done.exception() is not None or (held := done.result()) is None:
             return
-        released = self.closes.submit(CloseRequest(held[0], "released", 0, None, user_id, None))
+        orphan = CloseRequest(held[0], request.request_id, "released", 0, None, request.user_id, None)
+        released = self.closes.submit(orphan)
         released.add_done_callback(lambda f: f.cancelled() or f.exception())  # failed: the sweeper releases it
 
     async def close(
         self,
         *,
         hold_id: int,
+        request_id: str,
         status: str,
         charge: int,
         description: str | None,
         user_id: int | None,
         usage: Usage | None,
     ) -> tuple[int, int] | None:
-        """``(charged, balance after)`` with the usage record written, or ``None`` if the hold was not open."""
-        close = CloseRequest(hold_id, status, charge, description, user_id, usage)
+        """``(charged, balance after)`` with the usage record written, or ``None`` if no hold of that id and request
+        was open (closed already, expired, or lost in a crash)."""
+        close = CloseRequest(hold_id, request_id, status, charge, description, user_id, usage)
         if not self._batch:
             return await self._close_one(close)
         return await asyncio.shield(self.closes.submit(close))  # once sent, it commits or not, caller or no caller
 
     async def _hold_one(self, r: HoldRequest) -> tuple[int, int] | None:
         row = await self._pool.fetchrow(
-            HOLD, r.account_id, r.units, r.request_id, r.ttl_seconds, r.membership_id, r.user_id
+            HOLD, r.account_id, r.units, r.request_id, r.ttl_seconds, r.membership_id, r.user_id, self._async_hold
         )
         return _pair(row["hold_id"], row["balance"]) if row is not None else None
 
@@ -270,6 +280,7 @@ class PostgresLedger:
             ttl,
             [r.membership_id for r in batch],
             [r.user_id for r in batch],
+            self._async_hold,
         )
         return [_pair(row["hold_id"], row["balance"]) for row in rows]
 

@@ -6,6 +6,10 @@ The invariant the auditor checks after every test: for each account,
 
 Entry types (signed hundredths of a credit):
 ``purchase`` +, ``bonus`` +, ``adjustment`` ±, ``refund`` −, ``hold`` −, ``release`` +, ``api_usage`` −.
+
+A hold is named by its id *and* its request (``request_id``, unique): a hold committed asynchronously (the fast
+ledger's ``creditgate_hold``) is lost if Postgres crashes before the settle, and the next hold may be given its id.
+A settle for a lost hold raises ``HoldLost``; ``settle_lost_hold`` then charges the request from the balance.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ class _Closed:
     amount: int
     charged: int
     membership_id: int | None
+
+
+class HoldLost(NotFound):
+    """No hold of this request exists: the database lost it (a crash after its asynchronous commit), or it never
+    existed. The request's own settle charges it with ``settle_lost_hold``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,13 +277,15 @@ async def _adjust_allocation(session: AsyncSession, membership_id: int | None, d
         )
 
 
-async def _close(session: AsyncSession, *, hold_id: int, status: str, charge: int = 0) -> _Closed | None:
-    """Move an open hold to ``status``, charging ``charge`` capped at the hold; ``None`` if it was not
-    open (so each hold closes once)."""
+async def _close(
+    session: AsyncSession, *, hold_id: int, request_id: str, status: str, charge: int = 0
+) -> _Closed | None:
+    """Move the open hold of ``hold_id`` and ``request_id`` to ``status``, charging ``charge`` capped at the hold;
+    ``None`` if no such hold was open (so each hold closes once, and never another request's under a reused id)."""
     row = (
         await session.execute(
             update(Hold)
-            .where(Hold.id == hold_id, Hold.status == "open")
+            .where(Hold.id == hold_id, Hold.request_id == request_id, Hold.status == "open")
             .values(status=status, charged=case((Hold.amount < charge, Hold.amount), else_=charge), closed_at=utcnow())
             .returning(Hold.account_id, Hold.amount, Hold.charged, Hold.membership_id)
             .execution_options(synchronize_session=False)
@@ -315,15 +326,22 @@ async def _give_back(
 
 
 async def settle_hold(
-    session: AsyncSession, *, hold_id: int, charge: Decimal, description: str | None = None, user_id: int | None = None
+    session: AsyncSession,
+    *,
+    hold_id: int,
+    request_id: str,
+    charge: Decimal,
+    description: str | None = None,
+    user_id: int | None = None,
 ) -> SettleResult:
     """Charge the actual cost of a held request and release the rest of the hold. A cost above the hold takes the
     difference from what the account (and the member's allocation) has left, never below zero; what even that
-    cannot cover is the caller's to record (``usage_records.unrecovered``)."""
+    cannot cover is the caller's to record (``usage_records.unrecovered``). ``HoldLost`` if the request has no hold.
+    """
     wanted = to_hundredths(charge)
     if wanted < 0:
         raise InvalidRequest("a charge cannot be negative")
-    closed = await _close(session, hold_id=hold_id, status="settled", charge=wanted)
+    closed = await _close(session, hold_id=hold_id, request_id=request_id, status="settled", charge=wanted)
     if closed is not None:
         if wanted > closed.amount:  # the upstream served more than was held: the rest from what is left
             extra, _ = await _spendable(session, account_id=closed.account_id, membership_id=closed.membership_id)
@@ -342,13 +360,16 @@ async def settle_hold(
         )
     row = (
         await session.execute(
-            select(Hold.account_id, Hold.amount, Hold.status, Hold.membership_id).where(Hold.id == hold_id)
+            select(Hold.id, Hold.account_id, Hold.amount, Hold.status, Hold.membership_id).where(
+                Hold.request_id == request_id
+            )
         )
     ).one_or_none()
     if row is None:
-        raise NotFound(f"hold {hold_id} does not exist")
+        raise HoldLost(f"hold {hold_id} of request {request_id} does not exist")
     if row.status != "expired":
-        raise Conflict(f"hold {hold_id} is already {row.status}")
+        raise Conflict(f"hold {row.id} is already {row.status}")
+    hold_id = row.id
     # The sweeper released this hold before the request finished: the full price, from what the balance allows.
     spendable, current = await _spendable(session, account_id=row.account_id, membership_id=row.membership_id)
     late_units = min(wanted, spendable)
@@ -374,6 +395,66 @@ async def settle_hold(
     return SettleResult(from_hundredths(late_units), Decimal("0.00"), late=True, balance=from_hundredths(left))
 
 
+async def settle_lost_hold(
+    session: AsyncSession,
+    *,
+    account_id: int,
+    membership_id: int | None,
+    request_id: str,
+    charge: Decimal,
+    description: str | None = None,
+    user_id: int | None = None,
+) -> SettleResult:
+    """Charge a request whose hold the database lost (``HoldLost``) as a late settle is charged: the full price, from
+    what the balance (and the member's allocation) has left, never below zero. The upstream has answered, so the
+    answer is paid for; the crash took the hold's debit with the hold, so nothing is charged twice.
+
+    It is booked as a hold of 0 placed, released and charged beyond itself (``charged > amount``, as a settle above
+    its hold): the auditor's per-hold checks hold, and the hold's unique ``request_id`` makes a second attempt fail
+    instead of charging again."""
+    wanted = to_hundredths(charge)
+    if wanted < 0:
+        raise InvalidRequest("a charge cannot be negative")
+    spendable, current = await _spendable(session, account_id=account_id, membership_id=membership_id)
+    units = min(wanted, spendable)
+    now = utcnow()
+    hold_id: int = (
+        await session.scalar(
+            insert(Hold)
+            .values(
+                account_id=account_id,
+                request_id=request_id,
+                amount=0,
+                status="settled",
+                charged=units,
+                created_at=now,
+                expires_at=now,
+                closed_at=now,
+                membership_id=membership_id,
+            )
+            .returning(Hold.id)
+        )
+        or 0
+    )
+    await _adjust_allocation(session, membership_id, units)
+    balance = current
+    if units:
+        moved = await _move(session, account_id=account_id, delta=-units)
+        assert moved is not None  # the row is locked and has at least this much
+        balance = moved
+    common = {"account_id": account_id, "hold_id": hold_id, "user_id": user_id}
+    rows: list[dict[str, object]] = [
+        {**common, "type": "hold", "amount": 0, "balance_after": current},
+        {**common, "type": "release", "amount": 0, "balance_after": current},
+    ]
+    if units:
+        note = (description or "") + " (settled after the database lost the hold)"
+        rows.append({**common, "type": "api_usage", "amount": -units, "balance_after": balance, "description": note})
+    await _append(session, *rows)
+    metrics.credits(session, charged=from_hundredths(units))
+    return SettleResult(from_hundredths(units), Decimal("0.00"), late=True, balance=from_hundredths(balance))
+
+
 async def _spendable(session: AsyncSession, *, account_id: int, membership_id: int | None) -> tuple[int, int]:
     """(what a charge beyond a hold may still take, the balance): the balance, and for a member also their
     allocation's room. Locks the rows in ``place_hold``'s order (allocation, then account)."""
@@ -390,10 +471,10 @@ async def _spendable(session: AsyncSession, *, account_id: int, membership_id: i
 
 
 async def release_hold(
-    session: AsyncSession, *, hold_id: int, status: str = "released", user_id: int | None = None
+    session: AsyncSession, *, hold_id: int, request_id: str, status: str = "released", user_id: int | None = None
 ) -> bool:
-    """Give a hold back in full (and the member's allocation); ``False`` if it was already closed."""
-    closed = await _close(session, hold_id=hold_id, status=status)
+    """Give a hold back in full (and the member's allocation); ``False`` if it was already closed (or lost)."""
+    closed = await _close(session, hold_id=hold_id, request_id=request_id, status=status)
     if closed is None:
         return False
     await _give_back(session, closed, hold_id=hold_id, user_id=user_id)
@@ -401,11 +482,15 @@ async def release_hold(
     return True
 
 
-async def expired_hold_ids(session: AsyncSession, *, now: datetime, limit: int = 500) -> list[int]:
-    rows = await session.scalars(
-        select(Hold.id).where(Hold.status == "open", Hold.expires_at < now).order_by(Hold.id).limit(limit)
+async def expired_holds(session: AsyncSession, *, now: datetime, limit: int = 500) -> list[tuple[int, str]]:
+    """``(id, request_id)`` of the open holds past their expiry, oldest first."""
+    rows = await session.execute(
+        select(Hold.id, Hold.request_id)
+        .where(Hold.status == "open", Hold.expires_at < now)
+        .order_by(Hold.id)
+        .limit(limit)
     )
-    return list(rows)
+    return [(row.id, row.request_id) for row in rows]
 
 
 async def held_amount(session: AsyncSession, account_id: int) -> Decimal:

@@ -16,11 +16,11 @@ log = logging.getLogger(__name__)
 async def sweep_once(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
     """Release every expired open hold, each in its own transaction; returns how many were released."""
     async with sessionmaker() as session:
-        ids = await ledger.expired_hold_ids(session, now=utcnow())
+        expired = await ledger.expired_holds(session, now=utcnow())
     released = 0
-    for hold_id in ids:
+    for hold_id, request_id in expired:
         async with sessionmaker() as session, session.begin():
-            released += await ledger.release_hold(session, hold_id=hold_id, status="expired")
+            released += await ledger.release_hold(session, hold_id=hold_id, request_id=request_id, status="expired")
     if released:
         log.warning("released %d expired holds", released)
     return released

@@ -7,6 +7,10 @@ keeps what even that could not cover (``unrecovered``, also a metric);
 ``release`` gives the hold back. Both run shielded from cancellation, so a client disconnect in
 the middle of a stream still settles. A BYOK request holds nothing and is charged 0, but its
 usage is recorded all the same.
+
+On Postgres the hold commits asynchronously (``CREDITGATE_HOLD_ASYNC_COMMIT``): a crash before the settle loses it.
+The settle then finds no hold of its request (another request's hold may carry the lost id: every step names the
+hold by id and request) and charges the full price from what the balance has left (``ledger.settle_lost_hold``).
 """
 
 from __future__ import annotations
@@ -223,19 +227,24 @@ class Meter:
         async with self.rt.sessionmaker.begin() as session:
             renewed = await session.scalar(
                 update(Hold)
-                .where(Hold.id == self.hold_id, Hold.status == "open")
+                .where(Hold.id == self.hold_id, Hold.request_id == self.request_id, Hold.status == "open")
                 .values(expires_at=utcnow() + ttl)
                 .returning(Hold.id)
             )
         return renewed is not None
 
     async def _committed_charge(self) -> Decimal | None:
-        """What an earlier settle attempt charged if it committed: the hold is settled, or (the sweeper was first)
-        expired with a late charge; ``None`` if no attempt committed (or there is no hold)."""
+        """What an earlier settle attempt charged if it committed: the request's hold is settled, or (the sweeper was
+        first) expired with a late charge; ``None`` if no attempt committed (or there is no hold: none placed, or
+        lost in a crash). By request, not by id: a lost hold's id may be another request's now."""
         if self.hold_id is None:
             return None
         async with self.rt.sessionmaker() as session:
-            row = (await session.execute(select(Hold.status, Hold.charged).where(Hold.id == self.hold_id))).one()
+            row = (
+                await session.execute(select(Hold.status, Hold.charged).where(Hold.request_id == self.request_id))
+            ).one_or_none()
+        if row is None:
+            return None
         if row.status == "settled" or (row.status == "expired" and row.charged > 0):
             return from_hundredths(row.charged)
         return None
@@ -254,6 +263,7 @@ class Meter:
         if self.rt.fast_ledger is not None and self.hold_id is not None:
             closed = await self.rt.fast_ledger.close(
                 hold_id=self.hold_id,
+                request_id=self.request_id,
                 status="settled",
                 charge=to_hundredths(charge),
                 description=f"{self.model.id} via {provider}",
@@ -269,13 +279,27 @@ class Meter:
         async with self.rt.sessionmaker() as session, session.begin():
             charged = ZERO
             if self.hold_id is not None:
-                result = await ledger.settle_hold(
-                    session,
-                    hold_id=self.hold_id,
-                    charge=charge,
-                    description=f"{self.model.id} via {provider}",
-                    user_id=self.principal.user_id,
-                )
+                description = f"{self.model.id} via {provider}"
+                try:
+                    result = await ledger.settle_hold(
+                        session,
+                        hold_id=self.hold_id,
+                        request_id=self.request_id,
+                        charge=charge,
+                        description=description,
+                        user_id=self.principal.user_id,
+                    )
+                except ledger.HoldLost:  # the upstream has answered: paid from what the balance has left
+                    log.warning("request %s: its hold %s was lost (a database crash?)", self.request_id, self.hold_id)
+                    result = await ledger.settle_lost_hold(
+                        session,
+                        account_id=self.principal.account_id,
+                        membership_id=self.principal.membership_id,
+                        request_id=self.request_id,
+                        charge=charge,
+                        description=description,
+                        user_id=self.principal.user_id,
+                    )
                 charged = result.charged
                 threshold = self.rt.settings.notify_low_balance
                 if crossed_below(threshold, before=result.balance + charged, after=result.balance):
@@ -306,6 +330,7 @@ class Meter:
                 if self.rt.fast_ledger is not None and self.hold_id is not None:
                     closed = await self.rt.fast_ledger.close(
                         hold_id=self.hold_id,
+                        request_id=self.request_id,
                         status="released",
                         charge=0,
                         description=None,
@@ -317,7 +342,9 @@ class Meter:
                         return
                 async with self.rt.sessionmaker() as session, session.begin():
                     if self.hold_id is not None:
-                        await ledger.release_hold(session, hold_id=self.hold_id, user_id=self.principal.user_id)
+                        await ledger.release_hold(
+                            session, hold_id=self.hold_id, request_id=self.request_id, user_id=self.principal.user_id
+                        )
                     usage = self._usage(None, 0, 0, 0, outcome).row(user_id=self.principal.user_id, credits=ZERO)
                     await session.execute(insert(UsageRecord), [usage])
             except Exception:  # the sweeper releases it at expiry

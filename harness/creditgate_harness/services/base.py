@@ -1,7 +1,8 @@
 """What a started service looks like, and the helpers every backend shares.
 
 A service the harness started itself (the ``local`` and ``docker`` backends) can be taken down and brought back
-on the same URL mid-test: ``service.restart(down=2)``, or ``with service.outage(): ...``. An ``external`` one (a
+on the same URL mid-test: ``service.restart(down=2)``, or ``with service.outage(): ...``; a Postgres also
+``service.crash()``: killed without a clean shutdown, as a crashed server. An ``external`` one (a
 URL the machine gives) belongs to someone else: ``restart()`` raises ``NotRestartable`` saying so, and the
 ``private_postgres``/``private_redis`` fixtures give a test a restartable server of its own instead.
 """
@@ -54,6 +55,7 @@ class Service:
     _stop: Callable[[], None] | None = field(default=None, repr=False)
     _down: Callable[[], None] | None = field(default=None, repr=False)  # the server stopped, its data and port kept
     _up: Callable[[], None] | None = field(default=None, repr=False)  # started again; returns once it answers
+    _kill: Callable[[], None] | None = field(default=None, repr=False)  # stopped as a crash would, data kept
 
     @property
     def restartable(self) -> bool:
@@ -68,6 +70,20 @@ class Service:
         ``NotRestartable`` for an ``external`` service."""
         with self.outage():
             time.sleep(down)
+
+    def crash(self, *, down: float = 0.0) -> None:
+        """Kill the server with no clean shutdown, wait ``down`` seconds, start it again on the same URL (it recovers
+        from its own log); return once it answers. Postgres loses what it had not yet written out, such as an
+        asynchronous commit's WAL still in its buffers (``local``: ``pg_ctl stop -m immediate``). ``NotRestartable``
+        for an ``external`` service or one that cannot be killed so (Redis)."""
+        kill, up = self._kill, self._up
+        if kill is None or up is None or not self.restartable:
+            raise NotRestartable(self._why_not_restartable() if not self.restartable else f"{self}: cannot crash it")
+        kill()
+        try:
+            time.sleep(down)
+        finally:
+            up()
 
     @contextlib.contextmanager
     def outage(self) -> Iterator[None]:

@@ -13,6 +13,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def _external() -> Service:
     return Service("postgres", plain_url(url), server_version(url), "external")
 
 
-def _docker() -> Service:
+def _docker(settings: Mapping[str, str]) -> Service:
     reason = docker_engine_answers()
     if reason:
         raise ServiceUnavailable(reason)
@@ -68,6 +69,8 @@ def _docker() -> Service:
     container = PostgresContainer("postgres:16-alpine", driver=None).with_bind_ports(
         5432, free_port()
     )  # pragma: no cover
+    if settings:  # pragma: no cover
+        container = container.with_command(" ".join(["postgres", *_flags(settings)]))
     container.start()  # pragma: no cover
     url = container.get_connection_url()  # pragma: no cover
 
@@ -76,7 +79,12 @@ def _docker() -> Service:
         wait_until_up(lambda: run_sync(_version(url)), what=f"postgres at {url}")
 
     down = container.get_wrapped_container().stop  # pragma: no cover
-    return Service("postgres", url, server_version(url), "docker", container.stop, down, up)  # pragma: no cover
+    kill = container.get_wrapped_container().kill  # pragma: no cover
+    return Service("postgres", url, server_version(url), "docker", container.stop, down, up, kill)  # pragma: no cover
+
+
+def _flags(settings: Mapping[str, str]) -> list[str]:
+    return [f"-c {name}={value}" for name, value in settings.items()]
 
 
 def find_bin(name: str) -> str | None:
@@ -101,7 +109,7 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
     raise ServiceUnavailable("running as root and no 'postgres' or 'nobody' user to run Postgres as")
 
 
-def _local() -> Service:
+def _local(settings: Mapping[str, str]) -> Service:
     initdb, pg_ctl = find_bin("initdb"), find_bin("pg_ctl")
     if not initdb or not pg_ctl:
         raise ServiceUnavailable("initdb/pg_ctl not found: apt-get install postgresql, or set HARNESS_POSTGRES_URL")
@@ -124,9 +132,12 @@ def _local() -> Service:
             **as_user,
         )
         port = free_port()
-        opts = (
-            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        opts = " ".join(
+            [
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+                *_flags(settings),  # after the defaults: the last -c of a name wins
+            ]
         )
         subprocess.run(
             [pg_ctl, "-D", str(data), "-o", opts, "-l", str(log), "-w", "-t", "60", "start"],
@@ -157,6 +168,16 @@ def _local() -> Service:
             **as_user,
         )
 
+    def kill() -> None:  # the postmaster and every backend quit at once: no checkpoint, WAL buffers not written
+        subprocess.run(
+            [pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
+            check=True,
+            capture_output=True,
+            env=env,
+            cwd="/",
+            **as_user,
+        )
+
     def up() -> None:
         subprocess.run(
             [pg_ctl, "-D", str(data), "-o", opts, "-l", str(log), "-w", "-t", "60", "start"],
@@ -169,12 +190,24 @@ def _local() -> Service:
 
     atexit.register(stop)  # also on Ctrl-C and on a crashed session
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    return Service("postgres", url, server_version(url), "local", stop, down, up)
+    return Service("postgres", url, server_version(url), "local", stop, down, up, kill)
 
 
-def start_postgres(backend: str = "auto") -> Service:
-    """A running Postgres from the first backend that works (or exactly ``backend``)."""
-    return try_backends("postgres", backend, {"external": _external, "docker": _docker, "local": _local})
+def start_postgres(backend: str = "auto", *, settings: Mapping[str, str] | None = None) -> Service:
+    """A running Postgres from the first backend that works (or exactly ``backend``).
+
+    ``settings`` (``{"synchronous_commit": "on"}``) are passed to a server the harness starts, over its defaults
+    (``fsync``, ``synchronous_commit`` and ``full_page_writes`` off: fast, and safe from anything but a power cut);
+    with settings, ``external`` is skipped (that server is configured by whoever runs it)."""
+    chosen = dict(settings or {})
+
+    def external() -> Service:
+        if chosen:
+            raise ServiceUnavailable(f"settings {chosen} need a server of the harness's own (local or docker)")
+        return _external()
+
+    attempts = {"external": external, "docker": lambda: _docker(chosen), "local": lambda: _local(chosen)}
+    return try_backends("postgres", backend, attempts)
 
 
 def database_url(server_url: str, database: str) -> str:

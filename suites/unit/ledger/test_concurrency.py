@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.critical, pytest.mark.parametrize("database_url", ["sq
 async def test_fifty_concurrent_holds_on_one_balance(
     cg_sessionmaker: async_sessionmaker[AsyncSession], cg_funded_user: TestUser, cg_ledger_auditor
 ) -> None:
-    async def attempt(i: int) -> int | None:
+    async def attempt(i: int) -> tuple[int, str] | None:
         try:
             async with cg_sessionmaker() as s, s.begin():
                 hold_id = await ledger.place_hold(
@@ -29,7 +29,7 @@ async def test_fifty_concurrent_holds_on_one_balance(
                     request_id=f"req-{i}",
                     ttl=timedelta(minutes=5),
                 )
-                return hold_id
+                return hold_id, f"req-{i}"
         except InsufficientCredits:
             return None
 
@@ -39,11 +39,11 @@ async def test_fifty_concurrent_holds_on_one_balance(
     async with cg_sessionmaker() as s:
         assert await ledger.balance_of(s, cg_funded_user.account_id) == Decimal("0.00")
 
-    async def settle(hold_id: int) -> None:
+    async def settle(hold_id: int, request_id: str) -> None:
         async with cg_sessionmaker() as s, s.begin():
-            await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal("73.30"))
+            await ledger.settle_hold(s, hold_id=hold_id, request_id=request_id, charge=Decimal("73.30"))
 
-    await asyncio.gather(*(settle(h) for h in held))
+    await asyncio.gather(*(settle(*h) for h in held))
     async with cg_sessionmaker() as s:
         final = await ledger.balance_of(s, cg_funded_user.account_id)
     assert final == Decimal("267.00")

@@ -13,9 +13,10 @@ from asyncpg import ConnectionDoesNotExistError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from creditgate.db.engine import libpq_url
 from creditgate.db.models import Account, Hold, LedgerEntry, Membership, Org, UsageRecord
 from creditgate.ledger import service as ledger
-from creditgate.ledger.fast import PostgresLedger, Usage
+from creditgate.ledger.fast import HOLD, PostgresLedger, Usage
 from creditgate.testing.gateway import TestUser, UserFactory
 
 pytestmark = [pytest.mark.critical, pytest.mark.parametrize("database_url", ["postgres"], indirect=True)]
@@ -24,7 +25,7 @@ TTL = 300.0
 
 @pytest.fixture
 async def fast(database_url: str, cg_sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[PostgresLedger]:
-    store = await PostgresLedger.connect(database_url, size=4, batch=True)
+    store = await PostgresLedger.connect(database_url, size=4, batch=True, async_hold=True)  # as the gateway runs
     yield store
     await store.close_pool()
 
@@ -61,9 +62,9 @@ async def test_concurrent_holds_on_one_balance_share_transactions_and_never_over
         fast, 150, account_id=cg_funded_user.account_id, units=1000, membership_id=None, user_id=None
     )
 
-    granted = [h for h in held if h is not None]
+    granted = [(f"r{i}", h) for i, h in enumerate(held) if h is not None]
     assert len(granted) == 100  # 1,000 credits = 100 holds of 10.00; the other 50 refused, nothing changed for them
-    assert sorted(balance for _, balance in granted) == list(range(0, 100_000, 1000))
+    assert sorted(balance for _, (_, balance) in granted) == list(range(0, 100_000, 1000))
     assert fast.holds.batches < fast.holds.requests == 150  # several requests per transaction
     assert fast.holds.fallbacks == 0  # and none of them retried one by one
     async with cg_sessionmaker() as s:
@@ -73,13 +74,14 @@ async def test_concurrent_holds_on_one_balance_share_transactions_and_never_over
         *(
             fast.close(
                 hold_id=hold_id,
+                request_id=request_id,
                 status="settled" if n % 2 else "released",
                 charge=730 if n % 2 else 0,
                 description="test",
                 user_id=cg_funded_user.id,
-                usage=_usage(f"u{n}"),
+                usage=_usage(request_id),
             )
-            for n, (hold_id, _) in enumerate(granted)
+            for n, (request_id, (hold_id, _)) in enumerate(granted)
         )
     )
     assert [c[0] for c in closes if c is not None] == [730 if n % 2 else 0 for n in range(100)]
@@ -182,7 +184,10 @@ async def test_a_cancelled_callers_hold_goes_straight_back(
 async def test_a_hold_closed_twice_at_once_is_charged_once(fast: PostgresLedger, cg_funded_user: TestUser) -> None:
     held = await _hold(fast, cg_funded_user, "twice")
     assert held is not None
-    close = {"hold_id": held[0], "status": "settled", "charge": 60, "description": None, "user_id": None, "usage": None}
+    close = {
+        **{"hold_id": held[0], "request_id": "twice", "status": "settled", "charge": 60},
+        **{"description": None, "user_id": None, "usage": None},
+    }
     answers = await asyncio.gather(*(fast.close(**close) for _ in range(3)))  # type: ignore[arg-type]
     assert sorted(answers, key=lambda a: a is None) == [(60, 100_000 - 60), None, None]
 
@@ -260,8 +265,16 @@ async def test_without_group_commit_each_request_is_its_own_call(
         )
         closed = await asyncio.gather(
             *(
-                store.close(hold_id=h[0], status="released", charge=0, description=None, user_id=None, usage=None)
-                for h in held
+                store.close(
+                    hold_id=h[0],
+                    request_id=f"r{i}",
+                    status="released",
+                    charge=0,
+                    description=None,
+                    user_id=None,
+                    usage=None,
+                )
+                for i, h in enumerate(held)
             )
         )
     finally:
@@ -281,3 +294,57 @@ async def test_a_released_connection_is_not_reset_with_a_second_round_trip(datab
             assert await connection.fetchval("SHOW application_name") == "kept"
     finally:
         await store.close_pool()
+
+
+async def test_a_close_never_touches_another_requests_hold(
+    fast: PostgresLedger, cg_funded_user: TestUser, cg_sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """A close names its hold by id and request: the id of a hold a crash lost may be another request's now."""
+    held, other = await _hold(fast, cg_funded_user, "theirs"), await _hold(fast, cg_funded_user, "y")
+    assert held is not None
+    assert other is not None
+    not_theirs = {"hold_id": held[0], "request_id": "lost", "status": "settled", "charge": 60, "description": None}
+    closes = await asyncio.gather(  # one batch (creditgate_close_batch), then alone (creditgate_close)
+        fast.close(**not_theirs, user_id=cg_funded_user.id, usage=_usage("lost")),  # type: ignore[arg-type]
+        fast.close(
+            hold_id=other[0],
+            request_id="y",
+            **{"status": "released", "charge": 0, "description": None},
+            user_id=None,
+            usage=None,
+        ),  # type: ignore[arg-type]
+    )
+    assert closes[0] is None
+    assert closes[1] is not None
+    assert fast.closes.batches == 1
+    assert await fast.close(**not_theirs, user_id=None, usage=None) is None  # type: ignore[arg-type]
+    async with cg_sessionmaker() as s:
+        hold = (await s.execute(select(Hold.status, Hold.charged).where(Hold.id == held[0]))).one()
+        assert tuple(hold) == ("open", 0)
+        assert await s.scalar(select(func.count()).select_from(UsageRecord)) == 0
+        assert await ledger.balance_of(s, cg_funded_user.account_id) == Decimal(999)
+    theirs = {"request_id": "theirs", "status": "released", "charge": 0, "description": None}
+    assert await fast.close(hold_id=held[0], **theirs, user_id=None, usage=None) is not None  # type: ignore[arg-type]
+
+
+async def test_an_asynchronous_hold_sets_only_its_own_transactions_commit(
+    database_url: str, cg_funded_user: TestUser
+) -> None:
+    """``set_config(…, true)`` in ``creditgate_hold`` lasts to the end of the hold's transaction (its commit) and
+    never into the session: a pooled connection's next settle commits synchronously."""
+    import asyncpg
+
+    conn = await asyncpg.connect(libpq_url(database_url))
+    try:
+        await conn.execute("SET synchronous_commit = on")
+        async with conn.transaction():
+            row = await conn.fetchrow(HOLD, cg_funded_user.account_id, 100, "async", TTL, None, None, True)
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"  # what this transaction commits with
+        assert row["hold_id"] is not None
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        await conn.fetchrow(HOLD, cg_funded_user.account_id, 100, "alone", TTL, None, None, True)  # implicit
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        await conn.fetchrow(HOLD, cg_funded_user.account_id, 100, "sync", TTL, None, None, False)
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+    finally:
+        await conn.close()

@@ -36,7 +36,7 @@ async def test_hold_then_settle_charges_actual_and_releases_rest(cg_sessionmaker
     hold_id = await _hold(cg_sessionmaker, cg_funded_user, "100", "r1")
     assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("900.00")
     async with cg_sessionmaker() as s, s.begin():
-        result = await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal("12.30"))
+        result = await ledger.settle_hold(s, hold_id=hold_id, request_id="r1", charge=Decimal("12.30"))
     assert (result.charged, result.released, result.late) == (Decimal("12.30"), Decimal("87.70"), False)
     assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("987.70")
 
@@ -46,7 +46,7 @@ async def test_settle_beyond_the_hold_takes_the_rest_from_the_balance(
 ) -> None:
     hold_id = await _hold(cg_sessionmaker, cg_funded_user, "10", "r1")
     async with cg_sessionmaker() as s, s.begin():
-        result = await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal("25"))
+        result = await ledger.settle_hold(s, hold_id=hold_id, request_id="r1", charge=Decimal("25"))
     assert result.charged == Decimal("25.00")
     assert result.released == Decimal("0.00")
     assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("975.00")
@@ -58,7 +58,7 @@ async def test_settle_beyond_the_hold_never_takes_the_balance_below_zero(
     user = await cg_user_factory(credits="12")
     hold_id = await _hold(cg_sessionmaker, user, "10", "r1")
     async with cg_sessionmaker() as s, s.begin():
-        result = await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal("25"))
+        result = await ledger.settle_hold(s, hold_id=hold_id, request_id="r1", charge=Decimal("25"))
     assert result.charged == Decimal("12.00")
     assert await _balance(cg_sessionmaker, user.account_id) == Decimal("0.00")
 
@@ -66,12 +66,12 @@ async def test_settle_beyond_the_hold_never_takes_the_balance_below_zero(
 async def test_each_hold_closes_once(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
     hold_id = await _hold(cg_sessionmaker, cg_funded_user, "50", "r1")
     async with cg_sessionmaker() as s, s.begin():
-        assert await ledger.release_hold(s, hold_id=hold_id) is True
+        assert await ledger.release_hold(s, hold_id=hold_id, request_id="r1") is True
     async with cg_sessionmaker() as s, s.begin():
-        assert await ledger.release_hold(s, hold_id=hold_id) is False
+        assert await ledger.release_hold(s, hold_id=hold_id, request_id="r1") is False
     with pytest.raises(Conflict):
         async with cg_sessionmaker() as s, s.begin():
-            await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal(1))
+            await ledger.settle_hold(s, hold_id=hold_id, request_id="r1", charge=Decimal(1))
     assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("1000.00")
 
 
@@ -104,7 +104,7 @@ async def test_sweeper_releases_expired_holds_and_late_settle_charges_balance(
     assert await sweep_once(cg_sessionmaker) == 1
     assert await _balance(cg_sessionmaker, cg_funded_user.account_id) == Decimal("990.00")
     async with cg_sessionmaker() as s, s.begin():
-        result = await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal("3.5"))
+        result = await ledger.settle_hold(s, hold_id=hold_id, request_id="r1", charge=Decimal("3.5"))
     assert (result.charged, result.late) == (Decimal("3.50"), True)
     async with cg_sessionmaker() as s:
         statuses = {row.id: row.status for row in await s.execute(select(Hold.id, Hold.status))}
@@ -157,4 +157,4 @@ async def test_unknown_ids(cg_sessionmaker: SM) -> None:
         with pytest.raises(NotFound):
             await ledger.balance_of(s, 999)
         with pytest.raises(NotFound):
-            await ledger.settle_hold(s, hold_id=999, charge=Decimal(1))
+            await ledger.settle_hold(s, hold_id=999, request_id="r999", charge=Decimal(1))

@@ -49,7 +49,7 @@ async def test_a_settled_hold_records_its_status_charge_and_time(cg_sessionmaker
     hold_id = await _hold(cg_sessionmaker, cg_funded_user.account_id, "10", "r1", user_id=cg_funded_user.id)
     async with cg_sessionmaker() as s, s.begin():
         await ledger.settle_hold(
-            s, hold_id=hold_id, charge=Decimal("2.5"), description="m via p", user_id=cg_funded_user.id
+            s, hold_id=hold_id, request_id="r1", charge=Decimal("2.5"), description="m via p", user_id=cg_funded_user.id
         )
     hold = await _hold_row(cg_sessionmaker, hold_id)
     assert (hold.status, hold.charged) == ("settled", 250)
@@ -65,7 +65,7 @@ async def test_a_settled_hold_records_its_status_charge_and_time(cg_sessionmaker
 async def test_a_released_hold_records_its_status_and_who(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
     hold_id = await _hold(cg_sessionmaker, cg_funded_user.account_id, "10", "r1", user_id=cg_funded_user.id)
     async with cg_sessionmaker() as s, s.begin():
-        assert await ledger.release_hold(s, hold_id=hold_id, user_id=cg_funded_user.id)
+        assert await ledger.release_hold(s, hold_id=hold_id, request_id="r1", user_id=cg_funded_user.id)
     hold = await _hold_row(cg_sessionmaker, hold_id)
     assert (hold.status, hold.charged) == ("released", 0)
     assert hold.closed_at is not None
@@ -105,10 +105,10 @@ async def test_an_org_members_allocation_follows_each_hold(cg_sessionmaker: SM, 
     assert await _used(cg_sessionmaker, membership_id) == 3500
 
     async with cg_sessionmaker() as s, s.begin():
-        await ledger.settle_hold(s, hold_id=settled, charge=Decimal("4"))
+        await ledger.settle_hold(s, hold_id=settled, request_id="r1", charge=Decimal("4"))
     assert await _used(cg_sessionmaker, membership_id) == 1900  # 20 held → 4 charged: 16 back to the allocation
     async with cg_sessionmaker() as s, s.begin():
-        await ledger.release_hold(s, hold_id=released)
+        await ledger.release_hold(s, hold_id=released, request_id="r2")
     assert await _used(cg_sessionmaker, membership_id) == 400  # only what was charged stays used
 
     expired = await _hold(cg_sessionmaker, account_id, "30", "r3", **kw)
@@ -117,7 +117,7 @@ async def test_an_org_members_allocation_follows_each_hold(cg_sessionmaker: SM, 
     assert await sweep_once(cg_sessionmaker) == 1
     assert await _used(cg_sessionmaker, membership_id) == 400
     async with cg_sessionmaker() as s, s.begin():
-        result = await ledger.settle_hold(s, hold_id=expired, charge=Decimal("6"))
+        result = await ledger.settle_hold(s, hold_id=expired, request_id="r3", charge=Decimal("6"))
     assert result.late
     assert await _used(cg_sessionmaker, membership_id) == 1000  # a late charge counts against the allocation too
     async with cg_sessionmaker() as s:
@@ -133,11 +133,12 @@ async def test_the_sweeper_expires_only_open_holds_past_their_expiry_oldest_firs
     async with cg_sessionmaker() as s, s.begin():
         await s.execute(update(Hold).where(Hold.id.in_(ids[:3])).values(expires_at=now - TTL))
         await s.execute(update(Hold).where(Hold.id == ids[3]).values(expires_at=now))
-        assert await ledger.release_hold(s, hold_id=ids[2])  # past its expiry, but closed already
+        assert await ledger.release_hold(s, hold_id=ids[2], request_id="r2")  # past its expiry, but closed already
+    named = [(hold_id, f"r{i}") for i, hold_id in enumerate(ids)]
     async with cg_sessionmaker() as s:
-        assert await ledger.expired_hold_ids(s, now=now) == ids[:2]  # expiring exactly now is not yet expired
-        assert await ledger.expired_hold_ids(s, now=now, limit=1) == ids[:1]
-        assert await ledger.expired_hold_ids(s, now=now + timedelta(seconds=1)) == [ids[0], ids[1], ids[3]]
+        assert await ledger.expired_holds(s, now=now) == named[:2]  # expiring exactly now is not yet expired
+        assert await ledger.expired_holds(s, now=now, limit=1) == named[:1]
+        assert await ledger.expired_holds(s, now=now + timedelta(seconds=1)) == [named[0], named[1], named[3]]
 
     async with cg_sessionmaker() as s, s.begin():
         await s.execute(update(Hold).where(Hold.id == ids[3]).values(expires_at=now + TTL))
@@ -154,7 +155,7 @@ async def test_ledger_errors_say_what_is_wrong(cg_sessionmaker: SM, cg_funded_us
     hold_id = await _hold(cg_sessionmaker, cg_funded_user.account_id, "5", "r1")
     with pytest.raises(InvalidRequest) as negative:
         async with cg_sessionmaker() as s, s.begin():
-            await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal("-1"))
+            await ledger.settle_hold(s, hold_id=hold_id, request_id="r1", charge=Decimal("-1"))
     assert negative.value.message == "a charge cannot be negative"
     kw = {"account_id": cg_funded_user.account_id, "type": "purchase", "idempotency_key": "evt_9"}
     async with cg_sessionmaker() as s, s.begin():
@@ -213,7 +214,7 @@ async def test_held_is_the_sum_of_this_accounts_open_holds(
     await _hold(cg_sessionmaker, account, "4", "r2")
     await _hold(cg_sessionmaker, other.account_id, "9", "r3")
     async with cg_sessionmaker() as s, s.begin():
-        await ledger.settle_hold(s, hold_id=first, charge=Decimal(1))
+        await ledger.settle_hold(s, hold_id=first, request_id="r1", charge=Decimal(1))
     async with cg_sessionmaker() as s:
         assert await ledger.held_amount(s, account) == Decimal("4.00")
         assert await ledger.held_amount(s, other.account_id) == Decimal("9.00")
@@ -290,7 +291,7 @@ async def test_a_late_settle_charges_the_full_price_the_balance_allows_and_says_
     charged_before = _counter("creditgate_credits_charged_total")
     async with cg_sessionmaker() as s, s.begin():
         result = await ledger.settle_hold(
-            s, hold_id=beyond, charge=Decimal("5"), description="m via p", user_id=user.id
+            s, hold_id=beyond, request_id="r1", charge=Decimal("5"), description="m via p", user_id=user.id
         )
     assert result == ledger.SettleResult(Decimal("5.00"), Decimal("0.00"), late=True, balance=Decimal("15.00"))
     assert _counter("creditgate_credits_charged_total") - charged_before == pytest.approx(5.0)  # a float counter
@@ -305,7 +306,7 @@ async def test_a_late_settle_charges_the_full_price_the_balance_allows_and_says_
     async with cg_sessionmaker() as s, s.begin():
         await ledger.post_entry(s, account_id=user.account_id, amount=Decimal("-13"), type="adjustment")
     async with cg_sessionmaker() as s, s.begin():
-        result = await ledger.settle_hold(s, hold_id=short, charge=Decimal("6"))
+        result = await ledger.settle_hold(s, hold_id=short, request_id="r2", charge=Decimal("6"))
     assert result == ledger.SettleResult(Decimal("2.00"), Decimal("0.00"), late=True, balance=Decimal("0.00"))
     assert (await _entries(cg_sessionmaker, short))[-1] == ("api_usage", -200, None, " (settled after hold expiry)")
 
@@ -317,7 +318,7 @@ async def test_a_late_settle_charges_the_full_price_the_balance_allows_and_says_
         hold = await s.get_one(Hold, empty)
         await ledger.post_entry(s, account_id=hold.account_id, amount=Decimal("-1"), type="adjustment")
     async with cg_sessionmaker() as s, s.begin():
-        result = await ledger.settle_hold(s, hold_id=empty, charge=Decimal("1"))
+        result = await ledger.settle_hold(s, hold_id=empty, request_id="r3", charge=Decimal("1"))
     assert result == ledger.SettleResult(Decimal("0.00"), Decimal("0.00"), late=True, balance=Decimal("0.00"))
     assert [e[0] for e in await _entries(cg_sessionmaker, empty)] == ["hold", "release"]  # no zero charge entry
 
@@ -328,8 +329,8 @@ async def test_settles_and_releases_are_counted_for_prometheus(cg_sessionmaker: 
     settled = await _hold(cg_sessionmaker, cg_funded_user.account_id, "10", "r1")
     released = await _hold(cg_sessionmaker, cg_funded_user.account_id, "4", "r2")
     async with cg_sessionmaker() as s, s.begin():
-        await ledger.settle_hold(s, hold_id=settled, charge=Decimal("2.5"))
-        await ledger.release_hold(s, hold_id=released)
+        await ledger.settle_hold(s, hold_id=settled, request_id="r1", charge=Decimal("2.5"))
+        await ledger.release_hold(s, hold_id=released, request_id="r2")
     assert [_counter(n) - b for n, b in zip(names, before, strict=True)] == pytest.approx([2.5, 7.5 + 4.0])
 
 
@@ -359,14 +360,17 @@ async def test_missing_accounts_and_holds_are_named(cg_sessionmaker: SM, cg_fund
         with pytest.raises(NotFound) as account:
             await ledger.balance_of(s, 999)
         with pytest.raises(NotFound) as hold:
-            await ledger.settle_hold(s, hold_id=999, charge=Decimal(1))
-    assert (account.value.message, hold.value.message) == ("account 999 does not exist", "hold 999 does not exist")
+            await ledger.settle_hold(s, hold_id=999, request_id="r999", charge=Decimal(1))
+    assert (account.value.message, hold.value.message) == (
+        "account 999 does not exist",
+        "hold 999 of request r999 does not exist",
+    )
     hold_id = await _hold(cg_sessionmaker, cg_funded_user.account_id, "1", "r1")
     async with cg_sessionmaker() as s, s.begin():
-        await ledger.release_hold(s, hold_id=hold_id)
+        await ledger.release_hold(s, hold_id=hold_id, request_id="r1")
     with pytest.raises(Conflict) as closed:
         async with cg_sessionmaker() as s, s.begin():
-            await ledger.settle_hold(s, hold_id=hold_id, charge=Decimal(1))
+            await ledger.settle_hold(s, hold_id=hold_id, request_id="r1", charge=Decimal(1))
     assert closed.value.message == f"hold {hold_id} is already released"
 
 
@@ -447,3 +451,53 @@ async def test_holds_are_counted_for_prometheus(cg_sessionmaker: SM, cg_funded_u
     before = _counter("creditgate_credits_held_total")
     await _hold(cg_sessionmaker, cg_funded_user.account_id, "2.25", "r1")
     assert _counter("creditgate_credits_held_total") - before == pytest.approx(2.25)
+
+
+@pytest.mark.critical
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+async def test_a_close_names_its_hold_by_id_and_request(
+    cg_sessionmaker: SM, cg_funded_user: TestUser, cg_user_factory: UserFactory
+) -> None:
+    """A hold lost in a crash gives its id to the next hold: the lost request's settle or release, by that id, must
+    never close the other request's hold (another tenant's, here)."""
+    other = await cg_user_factory(credits="10")
+    theirs = await _hold(cg_sessionmaker, other.account_id, "4", "theirs")
+    with pytest.raises(ledger.HoldLost):
+        async with cg_sessionmaker() as s, s.begin():
+            await ledger.settle_hold(s, hold_id=theirs, request_id="lost", charge=Decimal(3), user_id=cg_funded_user.id)
+    async with cg_sessionmaker() as s, s.begin():
+        assert await ledger.release_hold(s, hold_id=theirs, request_id="lost") is False
+    hold = await _hold_row(cg_sessionmaker, theirs)
+    assert (hold.status, hold.charged, hold.account_id) == ("open", 0, other.account_id)
+    async with cg_sessionmaker() as s:
+        assert await ledger.balance_of(s, other.account_id) == Decimal("6.00")
+
+
+@pytest.mark.critical
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+async def test_a_lost_hold_is_settled_from_what_is_left_once(cg_sessionmaker: SM, cg_funded_user: TestUser) -> None:
+    """The upstream answered a request whose hold the database lost: the full price from the balance and the
+    member's allocation (never below zero), booked so the auditor balances, and never twice."""
+    from sqlalchemy.exc import IntegrityError
+
+    account_id, membership_id = await _org_member(cg_sessionmaker, cg_funded_user, org_credits="100", allocation="3")
+    lost = {"account_id": account_id, "membership_id": membership_id, "request_id": "lost", "user_id": None}
+    async with cg_sessionmaker() as s, s.begin():
+        result = await ledger.settle_lost_hold(s, **lost, charge=Decimal(5), description="m via p")
+    assert result == ledger.SettleResult(Decimal("3.00"), Decimal("0.00"), late=True, balance=Decimal("97.00"))
+    assert await _used(cg_sessionmaker, membership_id) == 300  # the allocation's room bounds it, as for a late settle
+    async with cg_sessionmaker() as s:
+        hold_id = await s.scalar(select(Hold.id).where(Hold.request_id == "lost"))
+    assert hold_id is not None
+    hold = await _hold_row(cg_sessionmaker, hold_id)
+    assert (hold.status, hold.amount, hold.charged) == ("settled", 0, 300)
+    assert await _entries(cg_sessionmaker, hold_id) == [
+        ("hold", 0, None, None),
+        ("release", 0, None, None),
+        ("api_usage", -300, None, "m via p (settled after the database lost the hold)"),
+    ]
+    with pytest.raises(IntegrityError):  # a second attempt for the request: refused, not charged again
+        async with cg_sessionmaker() as s, s.begin():
+            await ledger.settle_lost_hold(s, **lost, charge=Decimal(5))
+    async with cg_sessionmaker() as s:
+        assert await ledger.balance_of(s, account_id) == Decimal("97.00")

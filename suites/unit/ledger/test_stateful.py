@@ -52,6 +52,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.sm = create_sessionmaker(engine=self.engine)
         self.expected = Decimal(0)
         self.open: dict[int, Decimal] = {}
+        self.request_of: dict[int, str] = {}
         self.counter = 0
 
     def run(self, coro):  # type: ignore[no-untyped-def]
@@ -98,6 +99,7 @@ class LedgerMachine(RuleBasedStateMachine):
             assert hold_id is None
             return -1
         assert hold_id is not None
+        self.request_of[hold_id] = f"r{self.counter}"
         self.expected -= amount
         self.open[hold_id] = amount
         return hold_id
@@ -109,7 +111,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
         async def go() -> None:
             async with self.sm() as s, s.begin():
-                await ledger.settle_hold(s, hold_id=hold_id, charge=charge)
+                await ledger.settle_hold(s, hold_id=hold_id, request_id=self.request_of[hold_id], charge=charge)
 
         self.run(go())
         held = self.open.pop(hold_id)
@@ -122,7 +124,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
         async def go() -> bool:
             async with self.sm() as s, s.begin():
-                return await ledger.release_hold(s, hold_id=hold_id)
+                return await ledger.release_hold(s, hold_id=hold_id, request_id=self.request_of[hold_id])
 
         assert self.run(go())
         self.expected += self.open.pop(hold_id)

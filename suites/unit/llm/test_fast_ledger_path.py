@@ -111,13 +111,23 @@ async def test_a_retry_tells_a_committed_settle_from_a_lost_one(
 
     open_, settled, expired, late = await meter(), await meter(), await meter(), await meter()
     async with cg_runtime.sessionmaker.begin() as s:
-        await ledger.settle_hold(s, hold_id=settled.hold_id, charge=Decimal("0.05"))  # type: ignore[arg-type]
+        await ledger.settle_hold(
+            s,
+            hold_id=settled.hold_id,  # type: ignore[arg-type]
+            request_id=settled.request_id,
+            charge=Decimal("0.05"),
+        )
         await s.execute(
             update(Hold).where(Hold.id.in_([expired.hold_id, late.hold_id])).values(expires_at=utcnow() - timedelta(1))
         )
     assert await sweep_once(cg_runtime.sessionmaker) == 2
     async with cg_runtime.sessionmaker.begin() as s:
-        await ledger.settle_hold(s, hold_id=late.hold_id, charge=Decimal("0.01"))  # type: ignore[arg-type]
+        await ledger.settle_hold(
+            s,
+            hold_id=late.hold_id,  # type: ignore[arg-type]
+            request_id=late.request_id,
+            charge=Decimal("0.01"),
+        )
 
     assert await open_._committed_charge() is None  # nothing committed yet: settle it
     assert await settled._committed_charge() == Decimal("0.05")
@@ -125,7 +135,14 @@ async def test_a_retry_tells_a_committed_settle_from_a_lost_one(
     assert await late._committed_charge() == Decimal("0.01")  # the smallest late charge counts
     assert cg_runtime.fast_ledger is not None
     not_open = {"status": "settled", "charge": 1, "description": None, "user_id": None, "usage": None}
-    assert await cg_runtime.fast_ledger.close(hold_id=expired.hold_id, **not_open) is None  # type: ignore[arg-type]
+    assert (
+        await cg_runtime.fast_ledger.close(
+            hold_id=expired.hold_id,  # type: ignore[arg-type]
+            request_id=expired.request_id,
+            **not_open,  # type: ignore[arg-type]
+        )
+        is None
+    )
     for m in (open_, settled, expired, late):
         m.closed = True  # settled by hand above, or left to the sweeper
 

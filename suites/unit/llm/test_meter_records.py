@@ -222,3 +222,29 @@ async def test_an_unlimited_plan_is_served_and_counted_nowhere(
     response = await async_client.post(CHAT, json=BODY, headers=cg_funded_user.headers)
     assert response.status_code == 200, response.text
     assert "X-RateLimit-Limit" not in response.headers
+
+
+@EITHER_PATH
+async def test_a_settle_whose_hold_was_lost_is_charged_and_leaves_the_hold_with_its_id(
+    cg_funded_user: TestUser, cg_runtime: Runtime, cg_sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """After a crash lost request L's hold, request O's new hold may carry L's id. L's settle (fast path on Postgres,
+    then the ORM path) charges L's price from the balance; O's hold stays open; a retry sees the charge."""
+    import dataclasses
+    import uuid
+
+    from creditgate.ledger import service as ledger
+
+    owner = await _meter(cg_runtime, cg_funded_user)
+    lost = dataclasses.replace(owner, request_id=uuid.uuid4().hex)  # same hold id, another request
+    price = Decimal("0.30")
+    charged = await lost.settle(charge=price, provider="fake", prompt_tokens=10, completion_tokens=5, latency_ms=1)
+    assert charged == price
+    assert await lost._committed_charge() == price  # an ambiguous retry returns this charge, not a second one
+    async with cg_sessionmaker() as s:
+        hold = await s.get_one(Hold, owner.hold_id)
+        assert (hold.request_id, hold.status, hold.charged) == (owner.request_id, "open", 0)
+        usage = (await s.execute(select(UsageRecord.request_id, UsageRecord.credits))).all()
+        assert await ledger.balance_of(s, cg_funded_user.account_id) == 1000 - owner.held - price
+    assert [tuple(u) for u in usage] == [(lost.request_id, 30)]
+    await owner.release()

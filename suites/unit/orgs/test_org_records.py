@@ -86,7 +86,9 @@ async def test_a_member_with_a_request_in_flight_cannot_be_removed(
     assert await _error(refused) == (409, "the member has requests in flight; try again when they finish")
 
     async with cg_sessionmaker() as s, s.begin():
-        await ledger.settle_hold(s, hold_id=holds[leaving.id], charge=Decimal("0.5"))
+        await ledger.settle_hold(
+            s, hold_id=holds[leaving.id], request_id=f"in-flight-{leaving.id}", charge=Decimal("0.5")
+        )
     removed = await async_client.delete(f"/orgs/{org_id}/members/{leaving.id}", headers=owner.headers)
     assert removed.status_code == 204
     async with cg_sessionmaker() as s:

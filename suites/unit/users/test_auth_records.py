@@ -175,7 +175,7 @@ async def test_history_pages_and_summaries_per_period(cg_sessionmaker: SM, cg_fu
         hold = await ledger.place_hold(
             s, account_id=account, amount=Decimal(3), request_id="r", ttl=timedelta(minutes=1)
         )
-        await ledger.settle_hold(s, hold_id=hold, charge=Decimal("2.5"))
+        await ledger.settle_hold(s, hold_id=hold, request_id="r", charge=Decimal("2.5"))
     async with cg_sessionmaker() as s:
         entries = list((await repository.page(s, account, limit=100, offset=0))[0])
     assert [e.type for e in entries] == ["api_usage", "release", "hold", "bonus", "refund", "purchase", "bonus"]
