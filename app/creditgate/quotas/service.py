@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,13 +129,15 @@ class Quotas:
     key_prefix: str = ""
     plan_cache: TTLCache[str] = field(default_factory=lambda: TTLCache(0))
 
-    async def plan_of(self, session: AsyncSession, subject: str) -> str:
+    async def plan_of(self, session: AsyncSession | Callable[[], AsyncSession], subject: str) -> str:
+        """``subject``'s plan; ``session`` (or the callable that gives one) is used only on a cache miss."""
         if (cached := self.plan_cache.get(subject)) is not None:
             return cached
-        plan = await session.scalar(select(Subscription.plan).where(Subscription.subject == subject))
+        db = session() if callable(session) else session
+        plan = await db.scalar(select(Subscription.plan).where(Subscription.subject == subject))
         return self.plan_cache.put(subject, plan if plan in self.plans else self.default_plan)
 
-    async def admit(self, session: AsyncSession, subject: str) -> Admission | None:
+    async def admit(self, session: AsyncSession | Callable[[], AsyncSession], subject: str) -> Admission | None:
         """Count one call for ``subject``; ``QuotaExceeded`` (429) past its plan. ``None`` when not counted
         (an unlimited plan, or the counter unreachable)."""
         plan = await self.plan_of(session, subject)
