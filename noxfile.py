@@ -166,13 +166,15 @@ def chaos(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Benchmarks (print figures; no pass/fail): gateway overhead, where a request's time goes, hot-row deductions.
+    """Benchmarks (print figures; no pass/fail): gateway overhead, each hot-path lever's share (bench/levers.toml),
+    where a request's time goes, hot-row deductions.
 
     bench.overhead also runs the LiteLLM proxy for comparison, from its own venv (build/litellm-venv, made on first
     use; it is no project dependency), and prints one line and goes on if it cannot.
     """
     install(session, "test", "bench")
     session.run("python", "-m", "bench.overhead", *session.posargs)
+    session.run("python", "-m", "bench.ab", "--levers", "bench/levers.toml")  # CPU µs per request, lever by lever
     session.run("python", "-m", "bench.profile", *session.posargs)
     session.run("python", "-m", "bench.hot_row", *session.posargs)
     session.run("python", "-m", "bench.metrics")
