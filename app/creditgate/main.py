@@ -40,7 +40,7 @@ from creditgate.observability import routes as metrics_routes
 from creditgate.observability.middleware import ObservabilityMiddleware
 from creditgate.orgs.routes import router as orgs_router
 from creditgate.providers.pool import ProviderPool
-from creditgate.providers.transport import providers_transport, whole_post
+from creditgate.providers.transport import CONNECT_TIMEOUT_SECONDS, providers_transport, whole_post
 from creditgate.quotas.service import MemoryCounter, Quotas, RedisCounter, load_plans
 from creditgate.runtime import Runtime
 from creditgate.settings import Settings
@@ -104,7 +104,7 @@ def create_app(
                 raise not_migrated
             http = httpx.AsyncClient(
                 transport=upstream_transport,
-                timeout=httpx.Timeout(settings.upstream_timeout_seconds, connect=10.0),
+                timeout=httpx.Timeout(settings.upstream_timeout_seconds, connect=CONNECT_TIMEOUT_SECONDS),
             )
             # Identity providers and notification receivers: real HTTP, never the upstream transport.
             integrations = httpx.AsyncClient(timeout=httpx.Timeout(10.0))

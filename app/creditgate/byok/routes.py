@@ -19,7 +19,8 @@ router = APIRouter(
 
 class ProviderKeyIn(BaseModel):
     provider: str = Field(min_length=1, max_length=64)
-    api_key: str = Field(min_length=8, max_length=512, repr=False)
+    # Printable ASCII: a key is sent in an HTTP header, which carries nothing else.
+    api_key: str = Field(min_length=8, max_length=512, pattern=r"^[\x20-\x7e]+$", repr=False)
 
 
 class ProviderKeyOut(BaseModel):

@@ -121,10 +121,22 @@ class LeanApp(FastAPI):
     _observed: ObservabilityMiddleware | None = None
 
     def serve_lean(self, routers: Iterable[APIRouter], *, metrics_enabled: bool) -> None:
-        """Serve the ``LeanRoute`` POSTs of ``routers`` (included with no prefix of their own) this way."""
+        """Serve the ``LeanRoute`` POSTs of ``routers`` (included with no prefix of their own) this way. Refused
+        while the app has a middleware these requests would skip (only the observability middleware, which they
+        keep, and ones marked ``lifespan_only`` are allowed), and no middleware may be added afterwards."""
+        classes: list[Any] = [m.cls for m in self.user_middleware]
+        others = (c for c in classes if c is not ObservabilityMiddleware and not getattr(c, "lifespan_only", False))
+        skipped = [c.__name__ for c in others]
+        if skipped:
+            raise TypeError(f"LeanApp.serve_lean: the inference routes would skip {', '.join(skipped)}")
         routes = (r for router in routers for r in router.routes)
         self._lean = {r.path: r for r in routes if isinstance(r, LeanRoute) and r.methods == {"POST"}}
         self._observed = ObservabilityMiddleware(self._serve, metrics_enabled=metrics_enabled)
+
+    def add_middleware(self, middleware_class: Any, *args: Any, **kwargs: Any) -> None:
+        if self._lean is not None:
+            raise TypeError("LeanApp: add middleware before serve_lean(), which serves the inference routes below it")
+        super().add_middleware(middleware_class, *args, **kwargs)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (

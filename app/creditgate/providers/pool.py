@@ -276,6 +276,11 @@ class ProviderPool:
             ) from exc
         except ValueError as exc:  # json's allow_nan=False: NaN or Infinity
             raise InvalidRequest("the request holds a number JSON cannot carry (NaN or Infinity)") from exc
+        if not all(value.isascii() and value.isprintable() for value in headers.values()):  # a key with é or CRLF
+            raise InvalidRequest(
+                f"the API key for provider {provider.name!r} holds characters an HTTP header cannot carry "
+                "(only printable ASCII)"
+            )
         return Outgoing(self._url(provider, path), headers | {"Content-Type": "application/json"}, content)
 
     async def _guarded(self, provider: str, run: Callable[[], Awaitable[T]], *, feed: bool) -> T:

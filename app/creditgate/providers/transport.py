@@ -32,6 +32,9 @@ class Answer:
 
 # (URL, headers, encoded body) → the answer; raises httpx's transport errors, as a transport does.
 Post = Callable[[str, Mapping[str, str], bytes], Awaitable[Answer]]
+# A provider that does not accept the connection within this is failed over (both seams); the whole call is bounded
+# by the pool (CREDITGATE_UPSTREAM_TIMEOUT_SECONDS).
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 class AiohttpPool(AiohttpTransport):
@@ -42,6 +45,8 @@ class AiohttpPool(AiohttpTransport):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._urls: dict[str, URL] = {}  # yarl parses a URL string on every call
+        # Not aiohttp's session default (300 s in all, 30 s to connect): the pool bounds the call.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_SECONDS)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
@@ -59,7 +64,7 @@ class AiohttpPool(AiohttpTransport):
         try:
             with map_aiohttp_exceptions():
                 async with self.client.post(
-                    target, data=content, headers=headers, allow_redirects=False, compress=False
+                    target, data=content, headers=headers, allow_redirects=False, compress=False, timeout=self._timeout
                 ) as response:
                     return Answer(response.status, response.headers, await response.read())
         except aiohttp.ClientError as exc:

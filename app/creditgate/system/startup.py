@@ -263,6 +263,8 @@ class StartupErrorMiddleware:
     The lifespan stores the ``StartupError`` on ``app.state.startup_error`` before re-raising it.
     """
 
+    lifespan_only = True  # LeanApp: the inference routes may skip it
+
     def __init__(self, app: ASGIApp, *, debug: bool = False) -> None:
         self.app = app
         self.debug = debug

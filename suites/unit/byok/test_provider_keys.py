@@ -7,7 +7,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from creditgate.byok.service import store
 from creditgate.db.models import ProviderKey
+from creditgate.runtime import Runtime
 from creditgate.testing.gateway import TestUser
 from creditgate_harness.fakes.providers import FakeProvider, Fault, Reply
 
@@ -101,4 +103,34 @@ async def test_a_key_the_vendor_refuses_is_the_users_4xx_naming_it_and_the_opera
         if status == 429:
             assert response.headers["Retry-After"] == "7"
     assert [c.headers["authorization"] for c in cg_upstream.calls] == ["Bearer sk-user-own-key-1234"] * 2
+    assert (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"] == "1000.00"
+
+
+@pytest.mark.parametrize("key", ["sk-caf\u00e9-12345678", "sk-abc\r\nX-Evil: 1", "sk-tab\tinside-1234"])
+async def test_a_key_an_http_header_cannot_carry_is_refused_when_stored(
+    async_client: httpx.AsyncClient, cg_funded_user: TestUser, key: str
+) -> None:
+    refused = await async_client.post(KEYS, json={"provider": "fake", "api_key": key}, headers=cg_funded_user.headers)
+    assert refused.status_code == 422, refused.text
+    assert (await async_client.get(KEYS, headers=cg_funded_user.headers)).json()["data"] == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_stored_key_an_http_header_cannot_carry_is_a_400_and_costs_nothing(
+    async_client: httpx.AsyncClient,
+    cg_funded_user: TestUser,
+    cg_runtime: Runtime,
+    cg_upstream: FakeProvider,
+    stream: bool,
+) -> None:
+    """One stored before keys were checked (or written around the route): the request is refused before any
+    provider is asked, in either answer mode, and the hold goes back (it was a 500 on the stream path)."""
+    async with cg_runtime.sessionmaker() as session, session.begin():
+        await store(session, user_id=cg_funded_user.id, provider="fake", key="sk-caf\u00e9-12345678",
+                    settings=cg_runtime.settings, catalog=cg_runtime.catalog)  # fmt: skip
+    response = await async_client.post("/v1/chat/completions", json={**BODY, "stream": stream},
+                                       headers=cg_funded_user.headers)  # fmt: skip
+    assert response.status_code == 400, response.text
+    assert "header" in response.json()["error"]["message"]
+    assert cg_upstream.calls == []
     assert (await async_client.get("/user/balance", headers=cg_funded_user.headers)).json()["balance"] == "1000.00"

@@ -123,6 +123,21 @@ def test_only_the_inference_posts_skip_the_stack(cg_app: lean.LeanApp) -> None:
                                  "/v1/images/generations"}  # fmt: skip
 
 
+def test_no_middleware_is_skipped_by_the_inference_routes(cg_settings: Any) -> None:
+    """A middleware the lean routes would skip is refused, added before serve_lean or after it."""
+    from starlette.middleware.cors import CORSMiddleware
+
+    from creditgate.main import create_app
+
+    app = create_app(cg_settings)
+    with pytest.raises(TypeError, match="add middleware before serve_lean"):
+        app.add_middleware(CORSMiddleware, allow_origins=["*"])
+    app._lean = None
+    app.add_middleware(CORSMiddleware, allow_origins=["*"])
+    with pytest.raises(TypeError, match="would skip CORSMiddleware"):
+        app.serve_lean([], metrics_enabled=False)
+
+
 def test_an_endpoint_of_another_shape_is_refused_at_startup() -> None:
     from fastapi import APIRouter
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 
 import httpx
@@ -63,9 +64,12 @@ def test_redact_masks_credential_shapes(secret: str) -> None:
         assert "[redacted]" in redact(text)
 
 
+# re.IGNORECASE also folds these onto ASCII letters: ſ → s, K (Kelvin) → k, ı and İ → i.
+FOLDS = ["\u017f", "\u212a", "\u0131", "\u0130"]
 SHAPES = ["BeArEr ", "API-KEY=", "apikey:", "Secret ", "PASSWORD'", "CG_", "cg_", "Sk_Live_", "rk_test_", "pk_",
           "WHSEC_", "sk-", "SK-", "=", "-", "_", " ", "\"", "6x0nKXuD-JgcdNs3M2sGMTUY7rRFFD4vsqH6aJq6gEQ",
-          "abcdefghijklmnopqrstuvwxyz0123456789"]  # fmt: skip
+          "abcdefghijklmnopqrstuvwxyz0123456789", "\u017fecret ", "pa\u017f\u017fword=", "wh\u017fec_",
+          "\u017fk-", "\u212a" * 43, *FOLDS]  # fmt: skip
 
 
 @settings(max_examples=500)
@@ -73,6 +77,13 @@ SHAPES = ["BeArEr ", "API-KEY=", "apikey:", "Secret ", "PASSWORD'", "CG_", "cg_"
 def test_redact_answers_as_the_whole_pattern_does(text: str) -> None:
     """The quick look for what a credential needs (logs._NEEDS) never lets through what _SECRET would mask."""
     assert redact(text) == logs._SECRET.sub(lambda m: (m.group("keep") or "") + "[redacted]", text)
+
+
+def test_the_only_non_ascii_letters_ignorecase_folds_are_the_known_four() -> None:
+    """logs._NEEDS relies on lower() (and one replace) seeing what re.IGNORECASE sees: a Python release adding a
+    fold must fail here first."""
+    letter = re.compile("[a-z]", re.IGNORECASE)
+    assert {c for c in map(chr, range(128, 0x110000)) if letter.fullmatch(c)} == set(FOLDS)
 
 
 def test_redact_keeps_ordinary_text() -> None:
