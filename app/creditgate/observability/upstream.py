@@ -15,9 +15,9 @@ from creditgate.providers.transport import Answer, Post, whole_post
 
 
 class TimedTransport(httpx.AsyncBaseTransport):
-    """Wraps the upstream transport: time to response headers (a whole answer: to its last byte) and status per
-    provider, and the provider (the last one tried) noted on the request in flight. ``post``: the inner
-    transport's seam for whole answers, timed the same way, when it has one."""
+    """Wraps the upstream transport: time to response headers and status per provider, and the provider (the last
+    one tried) noted on the request in flight. ``post``: the inner transport's seam for whole answers, timed the
+    same way, when it has one."""
 
     post: Post
 
@@ -65,7 +65,7 @@ class TimedTransport(httpx.AsyncBaseTransport):
         except BaseException:
             metrics.UPSTREAM_REQUESTS.labels(provider, "error").inc()
             raise
-        metrics.UPSTREAM_SECONDS.labels(provider).observe(time.perf_counter() - started)
+        metrics.UPSTREAM_SECONDS.labels(provider).observe((answer.headers_at or time.perf_counter()) - started)
         metrics.UPSTREAM_REQUESTS.labels(provider, str(answer.status)).inc()
         return answer
 

@@ -8,6 +8,7 @@ skips building an httpx request and response around aiohttp's for every call: th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +24,13 @@ from creditgate.settings import Settings
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A provider's whole answer. ``headers`` look up case-insensitively."""
+    """A provider's whole answer. ``headers`` look up case-insensitively; ``headers_at``: ``time.perf_counter()``
+    when they arrived (the upstream latency metric is time to headers, whichever seam)."""
 
     status: int
     headers: Mapping[str, str]
     content: bytes
+    headers_at: float = 0.0
 
 
 # (URL, headers, encoded body) → the answer; raises httpx's transport errors, as a transport does.
@@ -66,7 +69,8 @@ class AiohttpPool(AiohttpTransport):
                 async with self.client.post(
                     target, data=content, headers=headers, allow_redirects=False, compress=False, timeout=self._timeout
                 ) as response:
-                    return Answer(response.status, response.headers, await response.read())
+                    headers_at = time.perf_counter()
+                    return Answer(response.status, response.headers, await response.read(), headers_at)
         except aiohttp.ClientError as exc:
             raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}") from exc
 
