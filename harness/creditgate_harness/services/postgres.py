@@ -158,9 +158,9 @@ def _local(settings: Mapping[str, str]) -> Service:
         )
         shutil.rmtree(root, ignore_errors=True)
 
-    def down() -> None:  # a fast shutdown, as an operator's restart: sessions end, the data stays
+    def halt(mode: str) -> None:
         subprocess.run(
-            [pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"],
+            [pg_ctl, "-D", str(data), "-m", mode, "-w", "stop"],
             check=True,
             capture_output=True,
             env=env,
@@ -168,15 +168,11 @@ def _local(settings: Mapping[str, str]) -> Service:
             **as_user,
         )
 
+    def down() -> None:  # a fast shutdown, as an operator's restart: sessions end, the data stays
+        halt("fast")
+
     def kill() -> None:  # the postmaster and every backend quit at once: no checkpoint, WAL buffers not written
-        subprocess.run(
-            [pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
-            check=True,
-            capture_output=True,
-            env=env,
-            cwd="/",
-            **as_user,
-        )
+        halt("immediate")
 
     def up() -> None:
         subprocess.run(
