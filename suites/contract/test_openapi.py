@@ -35,7 +35,7 @@ from creditgate.testing.catalog import catalog_for_tests
 from suites.contract.case_count import count_schema_case
 from suites.contract.conftest import ContractGateway
 
-pytestmark = pytest.mark.contract
+pytestmark = [pytest.mark.contract, pytest.mark.client_untraced]
 
 # The schema comes from the app object itself (no server needed to collect); cases go over HTTP.
 schema = schemathesis.openapi.from_dict(create_app(Settings(_env_file=None), catalog=catalog_for_tests()).openapi())
