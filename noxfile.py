@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import nox
 
+nox.needs_version = ">=2026.10.20"  # --parallel and allow_parallel (the checks session)
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["lint", "typecheck", "unit", "contract", "e2e", "adversarial"]
 nox.options.reuse_existing_virtualenvs = True
@@ -15,12 +17,21 @@ nox.options.reuse_existing_virtualenvs = True
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 COVERAGE_MIN = 85
 NO_GATEWAY = "import importlib.util as u, sys; sys.exit(u.find_spec('creditgate') and 'creditgate is installed')"
+# What CI runs after the tests, two at a time (`checks`); the chaos run first, as it is the longest.
+CHECKS = ("chaos-short", "lint", "typecheck", "coverage", "example", "docs", "mutants-money")
 
 
 def install(session: nox.Session, *groups: str) -> None:
     """The harness (./harness, its own distribution) and the gateway with its test layer, both editable."""
     deps = [dep for group in groups for dep in nox.project.dependency_groups(PYPROJECT, group)]
     session.install("-e", "./harness", "-e", ".[harness]", *deps)
+
+
+def beside_chaos(session: nox.Session) -> None:
+    """Under `checks` (nox --parallel), a lower CPU priority for this session and what it runs: the chaos run beside
+    it compares each fault's throughput after with before, which must not hinge on when a neighbour starts or ends."""
+    if session.parallel:
+        os.nice(10)
 
 
 def pytest(session: nox.Session, *args: str) -> None:
@@ -41,15 +52,16 @@ def pytest(session: nox.Session, *args: str) -> None:
     )
 
 
-@nox.session
+@nox.session(allow_parallel=True)
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check (this repo and examples/)."""
+    beside_chaos(session)
     session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
 
-@nox.session
+@nox.session(allow_parallel=True)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on creditgate (with creditgate.testing) and creditgate_harness.
 
@@ -57,6 +69,7 @@ def typecheck(session: nox.Session) -> None:
     re-checks only what changed: ~2 s against ~40 s cold on this 2-core machine. mypy validates every cached module
     against its source's hash, so a stale cache costs time, never a missed error.
     """
+    beside_chaos(session)
     install(session, "test", "lint", "bench")  # bench: granian, which `creditgate serve --server granian` imports
     cache = os.environ.get("MYPY_CACHE_DIR") or str(Path.home() / ".cache" / "creditgate" / "mypy")
     session.run("mypy", "--cache-dir", cache)
@@ -106,10 +119,11 @@ def tests(session: nox.Session) -> None:
     )
 
 
-@nox.session(default=False)
+@nox.session(default=False, allow_parallel=True)
 def example(session: nox.Session) -> None:
     """examples/wallet as a user would (a fresh venv, the harness alone: no gateway), green on the correct app, and
     red on each planted money bug (WALLET_BUG=double-credit|race|charge-on-failure) with the money checks expected."""
+    beside_chaos(session)
     venv = Path(session.create_tmp()).resolve() / "wallet-venv"
     shutil.rmtree(venv, ignore_errors=True)
     session.run("uv", "venv", "-q", str(venv), external=True)
@@ -125,9 +139,10 @@ def example(session: nox.Session) -> None:
         )
 
 
-@nox.session(default=False)
+@nox.session(default=False, allow_parallel=True)
 def docs(session: nox.Session) -> None:
     """The docs site: mkdocs build --strict into build/site (a broken link, page or docstring fails it)."""
+    beside_chaos(session)
     session.install(*nox.project.dependency_groups(PYPROJECT, "docs"))
     session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 
@@ -164,6 +179,13 @@ def chaos(session: nox.Session) -> None:
     session.run("python", "-m", "suites.chaos.run", *session.posargs)
 
 
+@nox.session(name="chaos-short", default=False, allow_parallel=True)
+def chaos_short(session: nox.Session) -> None:
+    """CI's chaos run: nox -s chaos -- --short (every fault in one bounded run)."""
+    install(session, "test", "load")
+    session.run("python", "-m", "suites.chaos.run", "--short", *session.posargs)
+
+
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Benchmarks (print figures; no pass/fail): gateway overhead, each hot-path lever's share (bench/levers.toml),
@@ -191,9 +213,18 @@ def mutants(session: nox.Session) -> None:
     session.run("python", "tools/mutation_run.py", *session.posargs)
 
 
-@nox.session(default=False)
+@nox.session(name="mutants-money", default=False, allow_parallel=True)
+def mutants_money(session: nox.Session) -> None:
+    """CI's mutation gate: nox -s mutants -- --shard money."""
+    beside_chaos(session)
+    install(session, "test", "mutants")
+    session.run("python", "tools/mutation_run.py", "--shard", "money", *session.posargs)
+
+
+@nox.session(default=False, allow_parallel=True)
 def coverage(session: nox.Session) -> None:
     """Combine the sessions' coverage; gate the total (>= 85 %) and each money module (>= 95 %)."""
+    beside_chaos(session)
     session.install("coverage[toml]>=7.10")
     session.run("coverage", "combine", "--keep", *[f for f in os.listdir(".") if f.startswith(".coverage.")])
     session.run("coverage", "xml", "-o", "reports/coverage.xml")
@@ -203,13 +234,22 @@ def coverage(session: nox.Session) -> None:
     session.run("python", "tools/coverage_gates.py", "reports/coverage.json")
 
 
-@nox.session(default=False)
+@nox.session(default=False, venv_backend="none")
 def ci(session: nox.Session) -> None:
-    """Everything CI gates on: lint, types, all suites under coverage, the coverage gates, the example project, the
-    docs site, the short chaos run (every fault, judged by the money oracle) and the mutation gate on money."""
+    """Everything CI gates on: all suites under coverage (tests, its output as it runs), then the checks: lint,
+    types, the coverage gates, the example project, the docs site, the short chaos run (every fault, judged by the
+    money oracle) and the mutation gate on money."""
     for stale in (f for f in os.listdir(".") if f.startswith(".coverage")):
         os.remove(stale)
-    for name in ("lint", "typecheck", "tests", "coverage", "example", "docs"):  # tests includes the adversarial suite
-        session.notify(name)
-    session.notify("chaos", ["--short"])
-    session.notify("mutants", ["--shard", "money"])
+    session.notify("tests")  # the adversarial suite included
+    session.notify("checks")
+
+
+@nox.session(default=False, venv_backend="none")
+def checks(session: nox.Session) -> None:
+    """CI's sessions after the tests, two at a time (nox --parallel 2), each one's output printed whole as it ends.
+
+    The chaos run's load keeps about one core busy for its ~75 s, and the other checks each need about one core:
+    side by side they take ~85 s against ~145 s one after the other. Any session failing fails this one.
+    """
+    session.run(sys.executable, "-m", "nox", "--parallel", "2", "-s", *CHECKS, external=True)
