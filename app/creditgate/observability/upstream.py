@@ -52,8 +52,7 @@ class TimedTransport(httpx.AsyncBaseTransport):
         except BaseException:
             metrics.UPSTREAM_REQUESTS.labels(provider, "error").inc()
             raise
-        metrics.UPSTREAM_SECONDS.labels(provider).observe(time.perf_counter() - started)
-        metrics.UPSTREAM_REQUESTS.labels(provider, str(response.status_code)).inc()
+        _answered(provider, response.status_code, time.perf_counter() - started)
         return response
 
     async def _timed_post(self, url: str, headers: Mapping[str, str], content: bytes) -> Answer:
@@ -65,12 +64,16 @@ class TimedTransport(httpx.AsyncBaseTransport):
         except BaseException:
             metrics.UPSTREAM_REQUESTS.labels(provider, "error").inc()
             raise
-        metrics.UPSTREAM_SECONDS.labels(provider).observe((answer.headers_at or time.perf_counter()) - started)
-        metrics.UPSTREAM_REQUESTS.labels(provider, str(answer.status)).inc()
+        _answered(provider, answer.status, (answer.headers_at or time.perf_counter()) - started)
         return answer
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def _answered(provider: str, status: int, seconds: float) -> None:
+    metrics.UPSTREAM_SECONDS.labels(provider).observe(seconds)
+    metrics.UPSTREAM_REQUESTS.labels(provider, str(status)).inc()
 
 
 def watch_breakers(breakers: Any, catalog: Catalog) -> None:

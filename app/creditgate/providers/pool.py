@@ -27,6 +27,7 @@ key's 401/403/429) and nothing a caller can cause:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -126,6 +127,17 @@ class _Failed(Exception):
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+
+
+@contextlib.asynccontextmanager
+async def _provider_faults() -> AsyncIterator[None]:
+    """A timeout or a connection error, on either seam, is the provider's fault (``_Failed``)."""
+    try:
+        yield
+    except (httpx.TimeoutException, TimeoutError) as exc:
+        raise _Failed("timeout") from exc
+    except httpx.TransportError as exc:
+        raise _Failed(f"connection error: {type(exc).__name__}") from exc
 
 
 def _classify(status: int, headers: Mapping[str, str], body_text: str) -> None:
@@ -350,37 +362,27 @@ class ProviderPool:
     async def _send(self, out: Outgoing, *, timeout: float, stream: bool) -> httpx.Response:
         """Send an encoded request through httpx; a timeout or a connection error is the provider's fault."""
         request = self.http.build_request("POST", out.url, content=out.content, headers=out.headers)
-        try:
-            # httpx's timeouts are per operation; this bounds the whole call (slow drip, in-process app).
-            async with asyncio.timeout(timeout):
-                if self.transport is None:
-                    return await self.http.send(request, stream=stream)
-                response = await self.transport.handle_async_request(request)
-                response.request = request
-                if not stream:
-                    try:
-                        await response.aread()
-                    except BaseException:
-                        await response.aclose()
-                        raise
-                return response
-        except (httpx.TimeoutException, TimeoutError) as exc:
-            raise _Failed("timeout") from exc
-        except httpx.TransportError as exc:
-            raise _Failed(f"connection error: {type(exc).__name__}") from exc
+        # httpx's timeouts are per operation; this bounds the whole call (slow drip, in-process app).
+        async with _provider_faults(), asyncio.timeout(timeout):
+            if self.transport is None:
+                return await self.http.send(request, stream=stream)
+            response = await self.transport.handle_async_request(request)
+            response.request = request
+            if not stream:
+                try:
+                    await response.aread()
+                except BaseException:
+                    await response.aclose()
+                    raise
+            return response
 
     async def _whole(self, out: Outgoing, *, timeout: float) -> Answer:
         """A whole answer: through the transport's ``Post`` when it has one, else through httpx."""
         if self.post is None:
             response = await self._send(out, timeout=timeout, stream=False)
             return Answer(response.status_code, response.headers, response.content)
-        try:
-            async with asyncio.timeout(timeout):
-                return await self.post(out.url, out.headers, out.content)
-        except (httpx.TimeoutException, TimeoutError) as exc:
-            raise _Failed("timeout") from exc
-        except httpx.TransportError as exc:
-            raise _Failed(f"connection error: {type(exc).__name__}") from exc
+        async with _provider_faults(), asyncio.timeout(timeout):
+            return await self.post(out.url, out.headers, out.content)
 
     async def _post(
         self,
